@@ -9,7 +9,11 @@ fi
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2
+    echo "setup.sh: installing requirements.txt failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
