@@ -1,0 +1,1 @@
+"""One module per command; the scripts in the role folders and ``python -m eas_controller`` call them."""

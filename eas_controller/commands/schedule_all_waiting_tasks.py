@@ -1,0 +1,55 @@
+"""schedule_all_waiting_tasks.py: the scheduling daemon (leave it running, e.g. in screen).
+
+Each pass queues tasks whose dependencies are met, expands loops and conditionals, and retries attempts
+whose worker stopped renewing their lease. It prints one line per pass that did something."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from eas_controller import cli
+
+EPILOG = """examples:
+  ./schedule_all_waiting_tasks.py              run until interrupted (Ctrl-C)
+  ./schedule_all_waiting_tasks.py --once       one pass, then exit"""
+
+
+def build_parser():
+    parser = cli.parser(__doc__, EPILOG)
+    parser.add_argument("--once", action="store_true", help="run one pass and exit")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="seconds between passes when idle (default: setting scheduler_interval, 2)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="tasks promoted per transaction (default 1000)")
+    parser.add_argument("--verbose", action="store_true", help="also log idle passes")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return cli.run(lambda: schedule(args))
+
+
+def schedule(args) -> int:
+    from eas_controller.queues import make_queue
+    from eas_controller.scheduler import Scheduler
+
+    cli.setup_logging()
+    log = logging.getLogger("eas.scheduler")
+    settings = cli.settings_from(args)
+    if args.interval is not None:
+        if args.interval <= 0:
+            raise cli.CommandError("--interval must be positive")
+        settings.scheduler_interval = args.interval
+    engine = cli.connect(settings)
+    queue = make_queue(settings, engine)
+    scheduler = Scheduler(engine, queue, settings.max_attempts, batch_size=args.batch_size)
+    while True:
+        started = time.time()
+        result = scheduler.run_pass()
+        if result.did_something or args.verbose:
+            log.info("pass: %s (%.2f s)", scheduler.status_line(result), time.time() - started)
+        if args.once:
+            return 0
+        if not result.did_something:
+            time.sleep(settings.scheduler_interval)

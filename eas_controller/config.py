@@ -1,0 +1,153 @@
+"""Configuration, resolved once: command-line flag > environment > settings file > built-in defaults.
+
+The resolved :class:`Settings` object is passed down to everything else, so tests can build one in memory.
+``init_schema.py`` and ``init_queues.py`` record the connection in the settings file; later scripts then
+need no flags. Passwords are kept in the file (mode 0600) but never printed: use :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import yaml
+
+from eas_controller.launch import PROJECT_ROOT
+
+DEFAULT_DATA_DIR = os.path.join(PROJECT_ROOT, "data")
+
+#: setting name -> environment variable that overrides the settings file
+ENVIRONMENT_VARIABLES = {
+    "db_url": "EAS_DB_URL",
+    "queue": "EAS_QUEUE",
+    "amqp_url": "EAS_AMQP_URL",
+    "data_dir": "EAS_DATA_DIR",
+    "lease_seconds": "EAS_LEASE_SECONDS",
+    "max_attempts": "EAS_MAX_ATTEMPTS",
+    "scheduler_interval": "EAS_SCHEDULER_INTERVAL",
+}
+
+QUEUE_IMPLEMENTATIONS = ("sql", "amqp")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and where it came from."""
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything a script needs to reach the database, the queue and the data directory."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    db_url: str | None = None  # None: SQLite file under data_dir
+    queue: str = "sql"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    lease_seconds: float = 60.0
+    max_attempts: int = 1
+    scheduler_interval: float = 2.0
+    task_type_files: list[str] = dataclasses.field(default_factory=list)
+    settings_path: str | None = None  # where these settings were read from / will be saved
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or "sqlite:///" + os.path.join(self.data_dir, "eas.sqlite")
+
+    def products_dir(self) -> str:
+        return os.path.join(self.data_dir, "products")
+
+    def to_file_dict(self) -> dict[str, Any]:
+        """The part that is worth remembering in the settings file."""
+        keys = ("db_url", "queue", "amqp_url", "lease_seconds", "max_attempts", "task_type_files")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, [])}
+
+
+def default_settings_path(environ: Mapping[str, str]) -> str:
+    if environ.get("EAS_CONFIG"):
+        return environ["EAS_CONFIG"]
+    data_dir = environ.get("EAS_DATA_DIR") or DEFAULT_DATA_DIR
+    return os.path.join(data_dir, "settings.yaml")
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    field_types = {"lease_seconds": float, "max_attempts": int, "scheduler_interval": float}
+    try:
+        value = field_types.get(name, lambda v: v)(value)
+    except (TypeError, ValueError):
+        raise ConfigError("%s: setting %r has an invalid value %r" % (source, name, value)) from None
+    if name == "queue" and value not in QUEUE_IMPLEMENTATIONS:
+        raise ConfigError("%s: queue must be one of %s, not %r" % (source, ", ".join(QUEUE_IMPLEMENTATIONS), value))
+    if name == "task_type_files" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ConfigError("%s: task_type_files must be a list of file paths" % source)
+    if name in ("lease_seconds", "scheduler_interval", "max_attempts") and value <= 0:
+        raise ConfigError("%s: setting %r must be positive, not %r" % (source, name, value))
+    return value
+
+
+def read_settings_file(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as handle:
+            content = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError("settings file %s is not valid YAML: %s" % (path, error)) from None
+    if not isinstance(content, dict):
+        raise ConfigError("settings file %s must hold a mapping of setting names to values" % path)
+    known = {field.name for field in dataclasses.fields(Settings)} - {"settings_path"}
+    unknown = sorted(set(content) - known)
+    if unknown:
+        raise ConfigError("settings file %s: unknown setting(s) %s; known: %s" % (path, unknown, sorted(known)))
+    return content
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    config_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings: ``overrides`` (flags that were given) > environment > settings file > defaults."""
+    environ = os.environ if environ is None else environ
+    path = config_path or default_settings_path(environ)
+    settings = Settings(settings_path=path)
+    for name, value in read_settings_file(path).items():
+        setattr(settings, name, _coerce(name, value, path))
+    for name, variable in ENVIRONMENT_VARIABLES.items():
+        if environ.get(variable):
+            setattr(settings, name, _coerce(name, environ[variable], "environment variable " + variable))
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            setattr(settings, name, _coerce(name, value, "command line"))
+    settings.data_dir = os.path.abspath(settings.data_dir)
+    return settings
+
+
+def save_settings(settings: Settings, **changes: Any) -> str:
+    """Record ``changes`` in the settings file (keeping what else it holds) and return its path."""
+    path = settings.settings_path or default_settings_path(os.environ)
+    content = read_settings_file(path)
+    for name, value in changes.items():
+        if value is None:
+            content.pop(name, None)
+        else:
+            content[name] = _coerce(name, value, "settings")
+        setattr(settings, name, value)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write("# EAS Controller settings (flags and EAS_* environment variables override these).\n")
+        yaml.safe_dump(content, handle, default_flow_style=False, sort_keys=True)
+    return path
+
+
+def redact_url(url: str) -> str:
+    """A connection URL that is safe to print: the password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a SQLAlchemy URL (e.g. amqp://): hide anything between ':' and '@'
+        import re
+
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    return parsed.render_as_string(hide_password=True)

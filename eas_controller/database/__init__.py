@@ -1,0 +1,1 @@
+"""The SQL side: table definitions (:mod:`.schema`) and dialect-aware connections (:mod:`.engine`)."""

@@ -1,0 +1,164 @@
+"""Connections and transactions, with every dialect difference kept here.
+
+- SQLite: WAL journal, foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so two
+  writers queue up at the start instead of failing half way (SQLite has no ``SKIP LOCKED``).
+- MariaDB/MySQL: READ COMMITTED, because under REPEATABLE READ gap locks plus concurrent inserts deadlock
+  queue transactions; servers too old for ``SKIP LOCKED`` are refused.
+- PostgreSQL: READ COMMITTED is already the default.
+Deadlocks and lock timeouts are retried by :func:`run_transaction`, lost connections too.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+T = TypeVar("T")
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used as asked (unsupported server, missing schema...)."""
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    """An engine for ``url`` configured for queue-style short transactions on its dialect."""
+    parsed = sa.engine.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            import os
+
+            os.makedirs(os.path.dirname(os.path.abspath(database)) or ".", exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    if backend in ("mysql", "mariadb"):
+        if parsed.drivername in ("mysql", "mariadb"):
+            parsed = parsed.set(drivername=backend + "+pymysql")
+        query = dict(parsed.query)
+        query.setdefault("charset", "utf8mb4")
+        parsed = parsed.set(query=query)
+        return sa.create_engine(
+            parsed, isolation_level="READ COMMITTED", pool_pre_ping=True, pool_recycle=3600, pool_size=pool_size
+        )
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, isolation_level="READ COMMITTED", pool_pre_ping=True, pool_size=pool_size)
+    raise DatabaseError("unsupported database %r: use sqlite, mysql/mariadb or postgresql URLs" % backend)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql("BEGIN " + mode)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+    with engine.connect() as connection:
+        if is_sqlite(engine):
+            connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as connection:
+        with connection.begin():
+            yield connection
+
+
+# Error codes that mean "try the whole transaction again".
+_MYSQL_RETRY_CODES = {1205, 1213, 2006, 2013, 2003}  # lock wait timeout, deadlock, gone away, lost, refused
+_POSTGRES_RETRY_STATES = {"40001", "40P01", "55P03", "57P01", "08006", "08001", "08003"}
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether ``error`` is a deadlock, lock timeout, busy database or lost connection."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    original = getattr(error, "orig", None)
+    if original is None:
+        return False
+    if original.__class__.__module__.startswith("sqlite3"):
+        return "locked" in str(original) or "busy" in str(original)
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_RETRY_CODES:
+        return True
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate in _POSTGRES_RETRY_STATES:
+        return True
+    return isinstance(error, (sa.exc.OperationalError,)) and "connect" in str(original).lower()
+
+
+def run_transaction(
+    engine: Engine,
+    body: Callable[[Connection], T],
+    attempts: int = 8,
+    max_delay: float = 5.0,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """Run ``body(connection)`` in a write transaction, retrying deadlocks and lost connections with backoff.
+
+    ``attempts=0`` retries for ever (a worker riding out a database restart).
+    """
+    tried = 0
+    while True:
+        try:
+            with write_transaction(engine) as connection:
+                return body(connection)
+        except sa.exc.DBAPIError as error:
+            tried += 1
+            if not is_retryable(error) or (attempts and tried >= attempts):
+                raise
+            delay = min(max_delay, 0.02 * (2 ** min(tried, 10))) * (0.5 + random.random())
+            if on_retry:
+                on_retry(error, delay)
+            time.sleep(delay)
+
+
+def check_server_version(engine: Engine) -> None:
+    """Refuse servers that lack ``SELECT ... FOR UPDATE SKIP LOCKED``."""
+    with engine.connect() as connection:
+        if engine.dialect.name in ("mysql", "mariadb"):
+            version_text = connection.exec_driver_sql("SELECT VERSION()").scalar()
+            numbers = tuple(int(part) for part in version_text.split("-")[0].split(".")[:2])
+            if "mariadb" in version_text.lower():
+                if numbers < (10, 6):
+                    raise DatabaseError(
+                        "MariaDB %s is too old: EAS Controller needs MariaDB >= 10.6 (SELECT ... SKIP LOCKED)"
+                        % version_text
+                    )
+            elif numbers < (8, 0):
+                raise DatabaseError(
+                    "MySQL %s is too old: EAS Controller needs MySQL >= 8.0 (SELECT ... SKIP LOCKED)" % version_text
+                )
+        elif engine.dialect.name == "postgresql":
+            number = engine.dialect.server_version_info
+            if number and number < (9, 5):
+                raise DatabaseError("PostgreSQL %s is too old: 9.5 or newer is needed" % (number,))

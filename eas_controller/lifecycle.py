@@ -1,0 +1,181 @@
+"""State changes of tasks and attempts that several parts share, each as one small named function.
+
+Everything here runs inside the caller's transaction. Readiness is incremental: each task keeps a count of
+unmet dependencies, decremented in the same transaction that finishes the task it waited for, so the
+scheduler only ever looks at tasks that became ready.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from eas_controller import states
+from eas_controller.database.schema import attempts, metadata_items, task_dependencies, tasks
+
+_VALUE_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
+
+
+def release_dependants(connection: Connection, task_id: int, now: float | None = None) -> int:
+    """Mark ``task_id`` as delivered to the tasks that wait for it; returns how many became ready."""
+    now = now or time.time()
+    deps = task_dependencies
+    waiting_on_it = sa.select(deps.c.task_id).where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False))
+    dependant_ids = [row[0] for row in connection.execute(waiting_on_it)]
+    if not dependant_ids:
+        return 0
+    connection.execute(
+        deps.update().where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False)).values(satisfied=True)
+    )
+    connection.execute(
+        tasks.update()
+        .where(tasks.c.id.in_(dependant_ids))
+        .values(unmet_dependencies=tasks.c.unmet_dependencies - 1, updated_at=now)
+    )
+    became_ready = connection.execute(
+        tasks.update()
+        .where(
+            tasks.c.id.in_(dependant_ids),
+            tasks.c.unmet_dependencies == 0,
+            sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
+        )
+        .values(state=states.READY, updated_at=now)
+    )
+    return became_ready.rowcount
+
+
+def finish_task(connection: Connection, task_id: int, state: str, error_text: str | None = None) -> None:
+    """Set a task's final state; a task that is done releases the tasks waiting for it."""
+    now = time.time()
+    connection.execute(
+        tasks.update().where(tasks.c.id == task_id).values(state=state, error_text=error_text, updated_at=now)
+    )
+    if state == states.DONE:
+        release_dependants(connection, task_id, now)
+
+
+def create_attempts(connection: Connection, task_rows: list, queue_name: str, now: float | None = None) -> list[dict]:
+    """New queued attempts for tasks (rows with id, task_type, attempt_count, priority); tasks become queued."""
+    now = now or time.time()
+    created = []
+    for row in task_rows:
+        number = row.attempt_count + 1
+        attempt_id = connection.execute(
+            attempts.insert().values(
+                task_id=row.id, number=number, task_type=row.task_type, state=states.A_QUEUED, queue=queue_name,
+                queued_at=now,
+            )
+        ).inserted_primary_key[0]
+        created.append(dict(attempt_id=attempt_id, task_id=row.id, task_type=row.task_type, priority=row.priority))
+    if task_rows:
+        connection.execute(
+            tasks.update()
+            .where(tasks.c.id.in_([row.id for row in task_rows]))
+            .values(state=states.QUEUED, attempt_count=tasks.c.attempt_count + 1, updated_at=now)
+        )
+    return created
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    return _VALUE_TYPES.get(type(value), "json"), json.dumps(value)
+
+
+def write_task_metadata(connection: Connection, task_id: int, attempt_id: int | None, items: dict) -> None:
+    """Store a task's output metadata (replacing what an earlier attempt wrote)."""
+    connection.execute(
+        metadata_items.delete().where(metadata_items.c.task_id == task_id, metadata_items.c.scope == "task")
+    )
+    rows = []
+    for key, value in items.items():
+        value_type, encoded = encode_value(value)
+        rows.append(dict(scope="task", task_id=task_id, attempt_id=attempt_id, key=str(key)[:255], value_type=value_type, value=encoded))
+    if rows:
+        connection.execute(metadata_items.insert(), rows)
+
+
+def output_metadata(connection: Connection, task_ids: Iterable[int]) -> dict[int, dict]:
+    """{task id: {key: value}} of the tasks' output metadata."""
+    task_ids = list(task_ids)
+    result: dict[int, dict] = {task_id: {} for task_id in task_ids}
+    for start in range(0, len(task_ids), 500):
+        chunk = task_ids[start : start + 500]
+        rows = connection.execute(
+            sa.select(metadata_items.c.task_id, metadata_items.c.key, metadata_items.c.value).where(
+                metadata_items.c.task_id.in_(chunk), metadata_items.c.scope == "task"
+            )
+        )
+        for row in rows:
+            result[row.task_id][row.key] = json.loads(row.value)
+    return result
+
+
+def requested_metadata(connection: Connection, task_id: int) -> dict[str, dict]:
+    """What ``requires_metadata_from`` asked for: {sibling name: its output metadata}."""
+    deps = task_dependencies
+    sources = connection.execute(
+        sa.select(tasks.c.id, tasks.c.name)
+        .join(deps, deps.c.requires_task_id == tasks.c.id)
+        .where(deps.c.task_id == task_id, deps.c.kind == "metadata")
+    ).all()
+    values = output_metadata(connection, [row.id for row in sources])
+    return {row.name: values[row.id] for row in sources}
+
+
+def latest_children_metadata(connection: Connection, parent_id: int, names: Iterable[str]) -> dict[str, dict]:
+    """For a do-while: output metadata of the named children from the most recent pass."""
+    names = list(names)
+    if not names:
+        return {}
+    rows = connection.execute(
+        sa.select(tasks.c.id, tasks.c.name).where(tasks.c.parent_id == parent_id, tasks.c.name.in_(names)).order_by(tasks.c.id)
+    ).all()
+    latest = {row.name: row.id for row in rows}  # later ids overwrite earlier passes
+    values = output_metadata(connection, latest.values())
+    return {name: values[task_id] for name, task_id in latest.items()}
+
+
+def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict, lease_seconds: float) -> list[dict]:
+    """Claim queued attempts for ``worker`` (queued -> running with a lease) and return what it needs to run them.
+
+    The UPDATE is conditional on the attempt still being queued, so an attempt someone else already
+    started (a redelivered message, a cancelled task) is not taken twice.
+    """
+    if not attempt_ids:
+        return []
+    now = time.time()
+    connection.execute(
+        attempts.update()
+        .where(attempts.c.id.in_(attempt_ids), attempts.c.state == states.A_QUEUED)
+        .values(
+            state=states.A_RUNNING, started_at=now, lease_expires_at=now + lease_seconds, worker_id=worker["id"],
+            worker_name=worker["name"], host=worker["host"], pid=worker["pid"],
+        )
+    )
+    rows = connection.execute(
+        sa.select(
+            attempts.c.id.label("attempt_id"), attempts.c.number, tasks.c.id.label("task_id"), tasks.c.task_type,
+            tasks.c.job_id, tasks.c.job_name, tasks.c.name, tasks.c.working_directory, tasks.c.description,
+            tasks.c.metadata, tasks.c.max_attempts, tasks.c.chain_path,
+        )
+        .join(tasks, tasks.c.id == attempts.c.task_id)
+        .where(
+            attempts.c.id.in_(attempt_ids), attempts.c.worker_id == worker["id"], attempts.c.state == states.A_RUNNING,
+            attempts.c.started_at == now,
+        )
+    ).all()
+    if rows:
+        connection.execute(
+            tasks.update().where(tasks.c.id.in_([row.task_id for row in rows])).values(state=states.RUNNING, updated_at=now)
+        )
+    claimed = []
+    for row in rows:
+        item = row._asdict()
+        item["description"] = json.loads(item["description"])
+        item["metadata"] = json.loads(item["metadata"])
+        item["requested_metadata"] = requested_metadata(connection, row.task_id)
+        claimed.append(item)
+    return claimed

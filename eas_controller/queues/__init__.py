@@ -1,0 +1,19 @@
+"""The job queue: one small interface, with the SQL queue and the AMQP (RabbitMQ) queue behind it.
+
+The database stays the truth with both: an attempt's state is always in SQL; a queue only carries the
+news that an attempt is waiting to be claimed.
+"""
+
+from eas_controller.queues.base import Queue
+from eas_controller.queues.sql import SqlQueue
+
+
+def make_queue(settings, engine) -> Queue:
+    """The queue implementation the settings name."""
+    if settings.queue == "sql":
+        return SqlQueue(engine)
+    if settings.queue == "amqp":
+        from eas_controller.queues.amqp import AmqpQueue
+
+        return AmqpQueue(engine, settings.amqp_url)
+    raise ValueError("unknown queue implementation %r (use sql or amqp)" % settings.queue)

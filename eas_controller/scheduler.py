@@ -1,0 +1,244 @@
+"""The scheduler: turns ready tasks into queued attempts, expands control-flow tasks, and retries stalled work.
+
+One pass = a few short transactions. Promotion selects ready tasks ``FOR UPDATE SKIP LOCKED`` (SQLite:
+``BEGIN IMMEDIATE``), so two schedulers running at once never queue the same task twice; its cost follows
+the number of ready tasks, not the size of the table. Control-flow tasks (loops, conditionals) are
+expanded here and never reach a worker. Attempts whose lease expired become ``stalled`` and their tasks
+are retried while ``max_attempts`` allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from eas_controller import lifecycle, states
+from eas_controller.chains import ChainError, evaluate_late_fields, expand_control_task
+from eas_controller.database.engine import run_transaction
+from eas_controller.database.schema import attempts, task_dependencies, tasks
+from eas_controller.queues.base import Queue
+from eas_controller.registry import load_registry
+from eas_controller.submission import write_plan
+
+log = logging.getLogger("eas.scheduler")
+
+
+@dataclasses.dataclass
+class PassResult:
+    promoted: int = 0
+    expanded: int = 0
+    finished_control: int = 0
+    failed: int = 0
+    stalled: int = 0
+    retried: int = 0
+
+    @property
+    def did_something(self) -> bool:
+        return any(dataclasses.astuple(self))
+
+
+class Scheduler:
+    """Owns nothing but a database engine, a queue and a few settings; safe to run several at once."""
+
+    def __init__(self, engine: Engine, queue: Queue, default_max_attempts: int = 1, batch_size: int = 1000,
+                 retry_backoff_s: float = 5.0):
+        self.engine = engine
+        self.queue = queue
+        self.default_max_attempts = default_max_attempts
+        self.batch_size = batch_size
+        self.retry_backoff_s = retry_backoff_s
+        self._registry = None
+
+    def registry(self, connection: Connection):
+        if self._registry is None:
+            self._registry = load_registry(connection)
+        return self._registry
+
+    # -- one pass ------------------------------------------------------------------------------------
+    def run_pass(self) -> PassResult:
+        result = PassResult()
+        self.recover_stalled(result)
+        while True:
+            promoted_before = result.promoted + result.expanded + result.finished_control + result.failed
+            run_transaction(self.engine, lambda connection: self.promote_batch(connection, result))
+            self.queue.flush()
+            done_now = result.promoted + result.expanded + result.finished_control + result.failed
+            if done_now - promoted_before < self.batch_size:
+                break
+        return result
+
+    def promote_batch(self, connection: Connection, result: PassResult) -> None:
+        """Lock a batch of ready tasks and queue, expand or finish each one."""
+        now = time.time()
+        rows = connection.execute(
+            sa.select(
+                tasks.c.id, tasks.c.task_type, tasks.c.is_control, tasks.c.attempt_count, tasks.c.priority,
+                tasks.c.needs_evaluation, tasks.c.not_before,
+            )
+            .where(tasks.c.state == states.READY, sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now))
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        to_queue = []
+        for row in rows:
+            if row.is_control:
+                self.advance_control_task(connection, row.id, result)
+            elif row.needs_evaluation and not self.evaluate_late(connection, row.id, result):
+                continue
+            else:
+                to_queue.append(row)
+        entries = lifecycle.create_attempts(connection, to_queue, self.queue.name, now)
+        self.queue.enqueue(connection, entries)
+        result.promoted += len(entries)
+
+    def evaluate_late(self, connection: Connection, task_id: int, result: PassResult) -> bool:
+        """Evaluate fields that waited for requested metadata; a failure fails the task with the reason."""
+        row = connection.execute(
+            sa.select(tasks.c.description, tasks.c.metadata, tasks.c.chain_path, tasks.c.job_name).where(tasks.c.id == task_id)
+        ).one()
+        where = "%s (task %d): %s" % (row.job_name, task_id, row.chain_path)
+        try:
+            description = evaluate_late_fields(
+                json.loads(row.description), json.loads(row.metadata), lifecycle.requested_metadata(connection, task_id), where
+            )
+        except ChainError as error:
+            lifecycle.finish_task(connection, task_id, states.FAILED, str(error))
+            result.failed += 1
+            log.warning("task %d failed: %s", task_id, error)
+            return False
+        connection.execute(
+            tasks.update().where(tasks.c.id == task_id).values(description=json.dumps(description), needs_evaluation=False)
+        )
+        return True
+
+    def advance_control_task(self, connection: Connection, task_id: int, result: PassResult) -> None:
+        """Expand a control task (first or next pass) or, when its children are all done, finish it."""
+        row = connection.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()._asdict()
+        row["description"] = json.loads(row["description"])
+        row["metadata"] = json.loads(row["metadata"])
+        requested = lifecycle.requested_metadata(connection, task_id)
+        child_requested = None
+        if row["task_type"] == "execution_do_while_loop" and row["expansions"] >= 1:
+            names = row["description"].get("requires_metadata_from_child", []) or []
+            child_requested = lifecycle.latest_children_metadata(connection, task_id, names)
+            missing = [name for name in names if name not in child_requested]
+            if missing:
+                self.fail_control(connection, task_id, result, "%s: requires_metadata_from_child names %s, which the "
+                                  "loop body does not contain" % (row["chain_path"], missing))
+                return
+        try:
+            plan, finished = expand_control_task(row, self.registry(connection).keys(), requested, child_requested)
+            ids = write_plan(connection, plan, row["job_id"], self.max_attempts_by_type(connection))
+        except ChainError as error:
+            self.fail_control(connection, task_id, result, str(error))
+            return
+        children = [node for node in plan.nodes if node.parent is None]
+        if children:
+            # children (and their subtrees) now exist: the control task waits for its direct children
+            connection.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id)
+                .values(
+                    state=states.RUNNING, expansions=row["expansions"] + 1, unmet_dependencies=len(children),
+                    updated_at=time.time(),
+                )
+            )
+            connection.execute(
+                task_dependencies.insert(),
+                [dict(task_id=task_id, requires_task_id=ids[child.index], kind="child", satisfied=False) for child in children],
+            )
+            result.expanded += 1
+        elif finished or not plan.nodes:
+            lifecycle.finish_task(connection, task_id, states.DONE)
+            result.finished_control += 1
+
+    def fail_control(self, connection: Connection, task_id: int, result: PassResult, message: str) -> None:
+        lifecycle.finish_task(connection, task_id, states.FAILED, message)
+        result.failed += 1
+        log.warning("control task %d failed: %s", task_id, message)
+
+    def max_attempts_by_type(self, connection: Connection) -> dict:
+        return {name: task_type.max_attempts for name, task_type in self.registry(connection).items()}
+
+    # -- leases --------------------------------------------------------------------------------------
+    def recover_stalled(self, result: PassResult) -> None:
+        """Running attempts whose lease expired become stalled; their tasks retry or fail."""
+
+        def body(connection: Connection) -> None:
+            now = time.time()
+            rows = connection.execute(
+                sa.select(attempts.c.id, attempts.c.task_id, attempts.c.worker_name, attempts.c.lease_expires_at)
+                .where(attempts.c.state == states.A_RUNNING, attempts.c.lease_expires_at < now)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                reason = "lease expired at %s: worker %s stopped renewing it" % (
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.lease_expires_at)), row.worker_name)
+                connection.execute(
+                    attempts.update().where(attempts.c.id == row.id, attempts.c.state == states.A_RUNNING)
+                    .values(state=states.A_STALLED, ended_at=now, error_text=reason)
+                )
+                result.stalled += 1
+                if self.retry_or_fail(connection, row.task_id, reason, now):
+                    result.retried += 1
+                else:
+                    result.failed += 1
+
+        run_transaction(self.engine, body)
+
+    def status_line(self, result: PassResult) -> str:
+        return status_line(self.engine, result)
+
+    def retry_or_fail(self, connection: Connection, task_id: int, reason: str, now: float) -> bool:
+        """Give the task another attempt (with exponential backoff) if it has attempts left; else fail it."""
+        return retry_or_fail(connection, task_id, reason, now, self.default_max_attempts, self.retry_backoff_s)
+
+
+def retry_or_fail(connection: Connection, task_id: int, reason: str, now: float, default_max_attempts: int,
+                  backoff_s: float) -> bool:
+    """Shared by the scheduler (stalled attempts) and workers (failed attempts)."""
+    task = connection.execute(
+        sa.select(tasks.c.attempt_count, tasks.c.max_attempts).where(tasks.c.id == task_id)
+    ).one()
+    limit = task.max_attempts or default_max_attempts
+    if task.attempt_count < limit:
+        delay = backoff_s * (2 ** max(0, task.attempt_count - 1))
+        connection.execute(
+            tasks.update().where(tasks.c.id == task_id)
+            .values(state=states.READY, not_before=now + delay, error_text=reason, updated_at=now)
+        )
+        return True
+    lifecycle.finish_task(
+        connection, task_id, states.FAILED, "%s (attempt %d of %d)" % (reason, task.attempt_count, limit)
+    )
+    return False
+
+
+def _status_counts(connection: Connection) -> dict[str, int]:
+    rows = connection.execute(sa.select(tasks.c.state, sa.func.count()).where(
+        tasks.c.state.in_([states.WAITING, states.READY, states.QUEUED, states.RUNNING]),
+        tasks.c.is_control.is_(False)).group_by(tasks.c.state))
+    return {state: count for state, count in rows}
+
+
+def status_line(engine: Engine, result: PassResult) -> str:
+    """One line for a screen session: what this pass did and where the work stands."""
+    from eas_controller.database.engine import read_transaction
+
+    with read_transaction(engine) as connection:
+        counts = _status_counts(connection)
+    parts = ["promoted %d" % result.promoted]
+    for label, value in (("expanded", result.expanded), ("loops/chains finished", result.finished_control),
+                         ("failed", result.failed), ("stalled", result.stalled), ("retried", result.retried)):
+        if value:
+            parts.append("%s %d" % (label, value))
+    parts.append("now: %d waiting, %d ready, %d queued, %d running" % tuple(
+        counts.get(state, 0) for state in (states.WAITING, states.READY, states.QUEUED, states.RUNNING)))
+    return ", ".join(parts)
