@@ -48,14 +48,15 @@ def ensure_database_exists(url: str) -> None:
         return
     from eas_controller.database.engine import make_engine
 
-    server = make_engine(parsed.set(database="postgres" if backend == "postgresql" else None).render_as_string(False))
+    server_url = parsed._replace(database="postgres" if backend == "postgresql" else None)  # URL.set ignores None
+    server = make_engine(server_url.render_as_string(hide_password=False))
     try:
-        with server.connect() as connection:
+        with server.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             if backend == "postgresql":
                 exists = connection.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
                                             {"name": parsed.database}).first()
                 if not exists:
-                    connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    connection.exec_driver_sql(
                         'CREATE DATABASE "%s"' % parsed.database.replace('"', '""'))
             else:
                 connection.exec_driver_sql("CREATE DATABASE IF NOT EXISTS `%s` CHARACTER SET utf8mb4 COLLATE "
