@@ -1,0 +1,12 @@
+#!/bin/sh
+# The demo, end to end on the embedded default (SQLite file + SQL queue + local workers):
+# set up .venv, initialise the database, run demo_jobs/hello_pipeline.json on two workers, print what ran.
+set -e
+cd "$(dirname "$0")"
+./setup.sh
+# The embedded database under ./data, whatever a settings file may say (and without changing it).
+EAS_DB_URL="sqlite:///$(pwd)/data/eas.sqlite"
+export EAS_DB_URL
+(cd eas_controller/database_initialisation && ./init_schema.py --no-save)
+cd eas_controller/job_submission
+./run_local.py --tasks ../../demo_jobs/hello_pipeline.json --workers 2
