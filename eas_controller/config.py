@@ -141,13 +141,14 @@ def save_settings(settings: Settings, **changes: Any) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A connection URL that is safe to print: the password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
+    """A connection URL (or a message holding one) that is safe to print: the password replaced by ``***``.
 
-    try:
-        parsed = make_url(url)
-    except Exception:  # not a SQLAlchemy URL (e.g. amqp://): hide anything between ':' and '@'
-        import re
-
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
-    return parsed.render_as_string(hide_password=True)
+    Works on the text, not on a parsed URL, so a password holding an unescaped ``@`` or ``/`` is hidden whole
+    (the last ``@`` ends the credentials); hiding too much is harmless, showing a piece of a password is not.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return url
+    credentials, _, location = rest.rpartition("@")
+    user, colon, _password = credentials.partition(":")
+    return "%s://%s%s@%s" % (scheme, user, ":***" if colon else "", location)

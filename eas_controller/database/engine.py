@@ -11,6 +11,7 @@ Deadlocks and lock timeouts are retried by :func:`run_transaction`, lost connect
 from __future__ import annotations
 
 import random
+import re
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
@@ -142,23 +143,41 @@ def run_transaction(
             time.sleep(delay)
 
 
+def version_refusal(dialect_name: str, version) -> str | None:
+    """Why a server of this version cannot run EAS Controller (no ``SKIP LOCKED``), or None when it can.
+
+    ``version`` is the text of ``SELECT VERSION()`` on MariaDB/MySQL, a tuple of numbers on PostgreSQL.
+    A MySQL/MariaDB version that cannot be read is let through: the server knows better than our parser.
+    """
+    if dialect_name in ("mysql", "mariadb"):
+        text = str(version or "").strip()
+        # Old MariaDB clients saw "5.5.5-10.x.y-MariaDB" (a replication-protocol prefix), not the real version.
+        release = text[len("5.5.5-"):] if text.startswith("5.5.5-") and "mariadb" in text.lower() else text
+        match = re.match(r"(\d+)\.(\d+)", release)
+        if not match:
+            return None
+        numbers = (int(match.group(1)), int(match.group(2)))
+        if "mariadb" in text.lower():
+            if numbers < (10, 6):
+                return "MariaDB %s is too old: EAS Controller needs MariaDB >= 10.6 (SELECT ... SKIP LOCKED)" % text
+        elif numbers < (8, 0):
+            return "MySQL %s is too old: EAS Controller needs MySQL >= 8.0 (SELECT ... SKIP LOCKED)" % text
+        return None
+    if dialect_name == "postgresql" and version and tuple(version) < (9, 5):
+        return "PostgreSQL %s is too old: 9.5 or newer is needed (SELECT ... SKIP LOCKED)" % ".".join(map(str, version))
+    return None
+
+
 def check_server_version(engine: Engine) -> None:
     """Refuse servers that lack ``SELECT ... FOR UPDATE SKIP LOCKED``."""
-    with engine.connect() as connection:
-        if engine.dialect.name in ("mysql", "mariadb"):
-            version_text = connection.exec_driver_sql("SELECT VERSION()").scalar()
-            numbers = tuple(int(part) for part in version_text.split("-")[0].split(".")[:2])
-            if "mariadb" in version_text.lower():
-                if numbers < (10, 6):
-                    raise DatabaseError(
-                        "MariaDB %s is too old: EAS Controller needs MariaDB >= 10.6 (SELECT ... SKIP LOCKED)"
-                        % version_text
-                    )
-            elif numbers < (8, 0):
-                raise DatabaseError(
-                    "MySQL %s is too old: EAS Controller needs MySQL >= 8.0 (SELECT ... SKIP LOCKED)" % version_text
-                )
-        elif engine.dialect.name == "postgresql":
-            number = engine.dialect.server_version_info
-            if number and number < (9, 5):
-                raise DatabaseError("PostgreSQL %s is too old: 9.5 or newer is needed" % (number,))
+    if engine.dialect.name in ("mysql", "mariadb"):
+        with engine.connect() as connection:
+            version = connection.exec_driver_sql("SELECT VERSION()").scalar()
+    elif engine.dialect.name == "postgresql":
+        with engine.connect():  # server_version_info is known once connected
+            version = engine.dialect.server_version_info
+    else:
+        return
+    refusal = version_refusal(engine.dialect.name, version)
+    if refusal:
+        raise DatabaseError(refusal)
