@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from eas_controller import lifecycle, states
-from eas_controller.chains import ChainError, evaluate_late_fields, expand_control_task
-from eas_controller.database.engine import run_transaction
+from eas_controller.chains import DO_WHILE, ChainError, evaluate_late_fields, expand_control_task
+from eas_controller.database.engine import is_retryable, run_transaction
 from eas_controller.database.schema import attempts, task_dependencies, tasks
 from eas_controller.queues.base import Queue
 from eas_controller.registry import load_registry
@@ -36,6 +36,7 @@ class PassResult:
     failed: int = 0
     stalled: int = 0
     retried: int = 0
+    republished: int = 0  # queued attempts whose message the broker had not confirmed, published again
 
     @property
     def did_something(self) -> bool:
@@ -70,10 +71,12 @@ class Scheduler:
             done_now = result.promoted + result.expanded + result.finished_control + result.failed
             if done_now - promoted_before < self.batch_size:
                 break
+        result.republished = self.queue.repair()
         return result
 
     def promote_batch(self, connection: Connection, result: PassResult) -> None:
         """Lock a batch of ready tasks and queue, expand or finish each one."""
+        self.queue.discard()  # entries from an earlier try of this transaction that rolled back
         now = time.time()
         rows = connection.execute(
             sa.select(
@@ -102,15 +105,14 @@ class Scheduler:
         row = connection.execute(
             sa.select(tasks.c.description, tasks.c.metadata, tasks.c.chain_path, tasks.c.job_name).where(tasks.c.id == task_id)
         ).one()
-        where = "%s (task %d): %s" % (row.job_name, task_id, row.chain_path)
+        where = "job %s (task %d): %s" % (row.job_name, task_id, row.chain_path)
         try:
             description = evaluate_late_fields(
-                json.loads(row.description), json.loads(row.metadata), lifecycle.requested_metadata(connection, task_id), where
+                json.loads(row.description), json.loads(row.metadata), requested_metadata_in_scope(connection, task_id),
+                where,
             )
         except ChainError as error:
-            lifecycle.finish_task(connection, task_id, states.FAILED, str(error))
-            result.failed += 1
-            log.warning("task %d failed: %s", task_id, error)
+            self.fail_control(connection, task_id, result, str(error))
             return False
         connection.execute(
             tasks.update().where(tasks.c.id == task_id).values(description=json.dumps(description), needs_evaluation=False)
@@ -118,26 +120,46 @@ class Scheduler:
         return True
 
     def advance_control_task(self, connection: Connection, task_id: int, result: PassResult) -> None:
-        """Expand a control task (first or next pass) or, when its children are all done, finish it."""
+        """Expand a control task (first or next pass) or, when its children are all done, finish it.
+
+        Runs in a savepoint: whatever goes wrong (a bad expression, an input nobody makes, a bug) fails this
+        task with the reason and leaves the rest of the batch, and the scheduler, going.
+        """
+        savepoint = connection.begin_nested()
+        try:
+            self._advance_control_task(connection, task_id, result)
+        except Exception as error:  # noqa: BLE001 - one task's problem must not stop the scheduler
+            if _is_database_error(error):
+                raise  # a deadlock or lost connection: the whole transaction is retried
+            savepoint.rollback()
+            if not isinstance(error, ChainError):
+                log.exception("expanding control task %d failed", task_id)
+                error = "cannot expand: %s: %s" % (error.__class__.__name__, error)
+            self.fail_control(connection, task_id, result, str(error))
+        else:
+            savepoint.commit()
+
+    def _advance_control_task(self, connection: Connection, task_id: int, result: PassResult) -> None:
         row = connection.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()._asdict()
+        if row["expansions"] >= 1 and row["task_type"] != DO_WHILE:
+            lifecycle.finish_task(connection, task_id, states.DONE)  # its children are all done
+            result.finished_control += 1
+            return
         row["description"] = json.loads(row["description"])
         row["metadata"] = json.loads(row["metadata"])
-        requested = lifecycle.requested_metadata(connection, task_id)
+        requested = requested_metadata_in_scope(connection, task_id)
         child_requested = None
-        if row["task_type"] == "execution_do_while_loop" and row["expansions"] >= 1:
+        if row["task_type"] == DO_WHILE and row["expansions"] >= 1:
             names = row["description"].get("requires_metadata_from_child", []) or []
+            if isinstance(names, str):
+                names = [names]
             child_requested = lifecycle.latest_children_metadata(connection, task_id, names)
             missing = [name for name in names if name not in child_requested]
             if missing:
-                self.fail_control(connection, task_id, result, "%s: requires_metadata_from_child names %s, which the "
-                                  "loop body does not contain" % (row["chain_path"], missing))
-                return
-        try:
-            plan, finished = expand_control_task(row, self.registry(connection).keys(), requested, child_requested)
-            ids = write_plan(connection, plan, row["job_id"], self.max_attempts_by_type(connection))
-        except ChainError as error:
-            self.fail_control(connection, task_id, result, str(error))
-            return
+                raise ChainError("job %s (task %d): %s: requires_metadata_from_child names %s, which the loop body "
+                                 "does not contain" % (row["job_name"], task_id, row["chain_path"], missing))
+        plan, finished = expand_control_task(row, self.registry(connection).keys(), requested, child_requested)
+        ids = write_plan(connection, plan, row["job_id"], self.max_attempts_by_type(connection))
         children = [node for node in plan.nodes if node.parent is None]
         if children:
             # children (and their subtrees) now exist: the control task waits for its direct children
@@ -154,7 +176,8 @@ class Scheduler:
                 [dict(task_id=task_id, requires_task_id=ids[child.index], kind="child", satisfied=False) for child in children],
             )
             result.expanded += 1
-        elif finished or not plan.nodes:
+        else:  # nothing (more) to run: an empty branch, or a do-while whose repeat_criterion is false
+            connection.execute(tasks.update().where(tasks.c.id == task_id).values(expansions=row["expansions"] + 1))
             lifecycle.finish_task(connection, task_id, states.DONE)
             result.finished_control += 1
 
@@ -201,6 +224,25 @@ class Scheduler:
         return retry_or_fail(connection, task_id, reason, now, self.default_max_attempts, self.retry_backoff_s)
 
 
+def requested_metadata_in_scope(connection: Connection, task_id: int) -> dict[str, dict]:
+    """What the expressions of a task may read as ``requested_metadata``: the output metadata of the tasks named
+    in its own ``requires_metadata_from`` and in those of its enclosing control tasks (the nearest wins)."""
+    chain = []
+    current = task_id
+    while current is not None:
+        chain.append(current)
+        current = connection.execute(sa.select(tasks.c.parent_id).where(tasks.c.id == current)).scalar_one()
+    merged: dict[str, dict] = {}
+    for ancestor in reversed(chain):
+        merged.update(lifecycle.requested_metadata(connection, ancestor))
+    return merged
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """A lost connection or a deadlock: the whole transaction is retried rather than the task failed."""
+    return is_retryable(error)
+
+
 def retry_or_fail(connection: Connection, task_id: int, reason: str, now: float, default_max_attempts: int,
                   backoff_s: float) -> bool:
     """Shared by the scheduler (stalled attempts) and workers (failed attempts)."""
@@ -223,7 +265,7 @@ def retry_or_fail(connection: Connection, task_id: int, reason: str, now: float,
 
 def _status_counts(connection: Connection) -> dict[str, int]:
     rows = connection.execute(sa.select(tasks.c.state, sa.func.count()).where(
-        tasks.c.state.in_([states.WAITING, states.READY, states.QUEUED, states.RUNNING]),
+        tasks.c.state.in_([states.WAITING, states.READY, states.QUEUED, states.RUNNING, states.HELD]),
         tasks.c.is_control.is_(False)).group_by(tasks.c.state))
     return {state: count for state, count in rows}
 
@@ -236,9 +278,11 @@ def status_line(engine: Engine, result: PassResult) -> str:
         counts = _status_counts(connection)
     parts = ["promoted %d" % result.promoted]
     for label, value in (("expanded", result.expanded), ("loops/chains finished", result.finished_control),
-                         ("failed", result.failed), ("stalled", result.stalled), ("retried", result.retried)):
+                         ("failed", result.failed), ("stalled", result.stalled), ("retried", result.retried),
+                         ("re-published", result.republished)):
         if value:
             parts.append("%s %d" % (label, value))
     parts.append("now: %d waiting, %d ready, %d queued, %d running" % tuple(
-        counts.get(state, 0) for state in (states.WAITING, states.READY, states.QUEUED, states.RUNNING)))
+        counts.get(state, 0) for state in (states.WAITING, states.READY, states.QUEUED, states.RUNNING))
+        + (", %d held" % counts[states.HELD] if counts.get(states.HELD) else ""))
     return ", ".join(parts)

@@ -26,20 +26,39 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
         yield items[start : start + size]
 
 
-def find_producers(connection: Connection, paths: Iterable[str]) -> dict[str, tuple[int, bool]]:
-    """For each relative path already planned in the database: (producing task id, product ready to read)."""
+def find_producers(connection: Connection, paths: Iterable[str], lock: bool = True) -> dict[str, tuple[int, bool]]:
+    """For each relative path already planned in the database: (producing task id, product ready to read).
+
+    The producers' rows are locked: a producer finishing at this moment either commits first (and is seen
+    as done) or waits for this transaction (and then releases the dependency rows written here).
+    """
     found: dict[str, tuple[int, bool]] = {}
     paths = sorted(set(paths))
     for chunk in _chunks(paths):
-        rows = connection.execute(
+        query = (
             sa.select(products.c.relative_path, products.c.task_id, products.c.state, tasks.c.state.label("task_state"))
             .join(tasks, tasks.c.id == products.c.task_id)
             .where(products.c.relative_path.in_(chunk))
             .order_by(products.c.id)
         )
+        rows = connection.execute(query.with_for_update() if lock else query)
         for row in rows:  # the latest planned producer of a path wins
             found[row.relative_path] = (row.task_id, row.state == "made" and row.task_state == states.DONE)
     return found
+
+
+def check_inputs(connection: Connection, plan: Plan, lock: bool = True) -> dict[str, tuple[int, bool]]:
+    """Producers in the database of the inputs no task of the plan makes; :class:`ChainError` if one has none."""
+    unresolved = {path for node in plan.nodes for path, _semantic in node.unresolved_inputs}
+    producers = find_producers(connection, unresolved, lock) if unresolved else {}
+    for node in plan.nodes:
+        for path, semantic in node.unresolved_inputs:
+            if path not in producers:
+                raise ChainError(
+                    "%s: %s: field 'inputs.%s': no task produces file %r (not in this chain, nor in the database)"
+                    % (plan.source, node.chain_path, semantic, path)
+                )
+    return producers
 
 
 def insert_rows_returning_ids(connection: Connection, table: sa.Table, rows: list[dict]) -> list[int]:
@@ -66,15 +85,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
     """
     nodes = plan.nodes
     max_attempts = max_attempts or {}
-    unresolved = {path for node in nodes for path, _semantic in node.unresolved_inputs}
-    producers = find_producers(connection, unresolved) if unresolved else {}
-    for node in nodes:
-        for path, semantic in node.unresolved_inputs:
-            if path not in producers:
-                raise ChainError(
-                    "%s: %s: field 'inputs.%s': no task produces file %r (not in this chain, nor in the database)"
-                    % (plan.source, node.chain_path, semantic, path)
-                )
+    producers = check_inputs(connection, plan)
 
     # Dependencies per node: (kind, Node or existing task id, satisfied); one row per distinct target.
     requirements: dict[int, dict] = {}

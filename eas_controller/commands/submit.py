@@ -36,11 +36,14 @@ def submit(args) -> int:
     if args.dry_run:
         from eas_controller.chains import expand_chain
         from eas_controller.reports import render_plan
+        from eas_controller.submission import check_inputs
 
         with read_transaction(engine) as connection:
             known = load_registry(connection)
-        plan = expand_chain(chain, source, known, args.job_name)
+            plan = expand_chain(chain, source, known, args.job_name)
+            check_inputs(connection, plan, lock=False)
         print(render_plan(plan))
+        print("\ndry run: the chain is valid; nothing was written")
         return 0
     job_id, plan = submit_chain(engine, chain, source, args.job_name)
     print("submitted job %d (%s): %d tasks (%d to run on workers, %d control-flow) from %s" % (
