@@ -177,7 +177,8 @@ class Scheduler:
             )
             result.expanded += 1
         else:  # nothing (more) to run: an empty branch, or a do-while whose repeat_criterion is false
-            connection.execute(tasks.update().where(tasks.c.id == task_id).values(expansions=row["expansions"] + 1))
+            if row["task_type"] != DO_WHILE:  # a do-while's count stays the number of passes it ran
+                connection.execute(tasks.update().where(tasks.c.id == task_id).values(expansions=1))
             lifecycle.finish_task(connection, task_id, states.DONE)
             result.finished_control += 1
 
