@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Claim throughput of our queues: ``Queue.claim`` plus the worker's real completion transaction.
+
+The database holds real tasks with queued attempts (submitted and promoted by the scheduler's own code,
+before the clock starts). Each process registers as a worker and loops: claim up to ``limit`` attempts
+(the SQL queue: ``SELECT ... FOR UPDATE SKIP LOCKED`` on its narrow table; the AMQP queue: a delivery,
+then the claim in SQL), then record each as succeeded with the fenced completion transaction the worker
+uses (``worker.completion.record_outcome``). No task process runs: this is the queue and the database
+alone. Every claim is recorded with its claimer (attempt and task ids) and checked for duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.common import use_project_environment
+
+    use_project_environment()
+
+import importlib.util
+import json
+import socket
+import time
+
+from bench.common import BACKENDS, Result, Services, duplicate_count, run_processes, unavailable_reason
+
+
+def amqp_queue_available() -> bool:
+    return importlib.util.find_spec("eas_controller.queues.amqp") is not None
+
+
+def fresh_schema(url: str):
+    """An empty EAS schema (dropped and recreated) with the shipped task types; returns an engine."""
+    from eas_controller.database.engine import make_engine, write_transaction
+    from eas_controller.database.manage import create_schema, drop_schema
+    from eas_controller.registry import read_registries, store_registry
+
+    engine = make_engine(url)
+    drop_schema(engine)
+    create_schema(engine)
+    with write_transaction(engine) as connection:
+        store_registry(connection, read_registries([]))
+    return engine
+
+
+def null_chain(count: int, job_name: str = "bench") -> dict:
+    return {"job_name": job_name, "task_list": [{"task": "null"} for _ in range(count)]}
+
+
+def load_queued_attempts(engine, queue, count: int) -> int:
+    """Submit ``count`` null tasks and promote them (attempts queued in ``queue``); returns the job id."""
+    from eas_controller.scheduler import Scheduler
+    from eas_controller.submission import submit_chain
+
+    job_id, _plan = submit_chain(engine, null_chain(count), "bench")
+    Scheduler(engine, queue, batch_size=5000).run_pass()
+    return job_id
+
+
+def register_worker(engine, name: str) -> dict:
+    from eas_controller.database.engine import run_transaction
+    from eas_controller.database.schema import workers
+
+    now = time.time()
+
+    def body(connection):
+        return connection.execute(workers.insert().values(
+            name=name, host=socket.gethostname(), pid=os.getpid(), capabilities=json.dumps(["null"]), cpus=1, gpus=0,
+            memory_gb=1, concurrency=1, free_slots=1, state="running", started_at=now, last_seen=now,
+        )).inserted_primary_key[0]
+
+    return dict(id=run_transaction(engine, body), name=name, host=socket.gethostname(), pid=os.getpid())
+
+
+def complete(engine, worker: dict, claim: dict) -> str:
+    """The worker's completion transaction for an attempt that succeeded in no time."""
+    from eas_controller.database.engine import run_transaction
+    from eas_controller.worker import completion
+    from eas_controller.worker.execution import Outcome, PreparedAttempt
+
+    prepared = PreparedAttempt(claim=claim, task_type=None, work_dir="", environment={}, inputs={}, outputs={},
+                               final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
+                               stdout_path="", stderr_path="", description=claim["description"])
+    outcome = Outcome(succeeded=True, exit_status=0, wall_s=0.0)
+    return run_transaction(engine, lambda connection: completion.record_outcome(
+        connection, worker, prepared, outcome, {}, 1, 5.0))
+
+
+def claim_loop(url: str, queue_kind: str, amqp_url: str, limit: int, claimer: int) -> tuple[list, dict]:
+    """One claimer: claim up to ``limit`` attempts per transaction, complete each; stop when none come."""
+    from eas_controller.config import Settings
+    from eas_controller.database.engine import make_engine
+    from eas_controller.queues import make_queue
+
+    engine = make_engine(url, pool_size=2)
+    queue = make_queue(Settings(db_url=url, queue=queue_kind, amqp_url=amqp_url), engine)
+    worker = register_worker(engine, "bench-claimer-%d" % claimer)
+    claimed, empty_polls, lost = [], 0, 0
+    while True:
+        claims = queue.claim(worker, None, limit, 60.0)
+        if not claims:
+            empty_polls += 1
+            if queue_kind == "sql" or empty_polls >= 3:  # a broker may still be delivering
+                break
+            time.sleep(0.05)
+            continue
+        empty_polls = 0
+        for claim in claims:
+            claimed.append((claim["attempt_id"], claim["task_id"]))
+            if complete(engine, worker, claim) != "succeeded":
+                lost += 1
+    queue.close()
+    engine.dispose()
+    return claimed, dict(lost=lost)
+
+
+def measure(url: str, queue_kind: str, amqp_url: str, jobs: int, processes: int, limit: int) -> dict:
+    import sqlalchemy as sa
+
+    from eas_controller.database.engine import read_transaction
+    from eas_controller.database.schema import tasks
+    from eas_controller.queues import make_queue
+    from eas_controller.config import Settings
+
+    engine = fresh_schema(url)
+    queue = make_queue(Settings(db_url=url, queue=queue_kind, amqp_url=amqp_url), engine)
+    job_id = load_queued_attempts(engine, queue, jobs)
+    queue.close()
+    elapsed, outputs = run_processes(claim_loop, [(url, queue_kind, amqp_url, limit, n) for n in range(1, processes + 1)])
+    attempt_claims, task_claims, lost = [], [], 0
+    for claimer, (claimed, counters) in enumerate(outputs, start=1):
+        attempt_claims.extend((attempt_id, claimer) for attempt_id, _task in claimed)
+        task_claims.extend((task_id, claimer) for _attempt, task_id in claimed)
+        lost += counters["lost"]
+    with read_transaction(engine) as connection:
+        done = connection.execute(sa.select(sa.func.count()).select_from(tasks).where(
+            tasks.c.job_id == job_id, tasks.c.state == "done", tasks.c.is_control.is_(False))).scalar()
+    engine.dispose()
+    return dict(rate=len(attempt_claims) / elapsed, elapsed=elapsed, claims=len(attempt_claims),
+                duplicates=max(duplicate_count(attempt_claims), duplicate_count(task_claims)), done=done, lost=lost)
+
+
+def run(services: Services, quick: bool = True, backends=BACKENDS, process_counts=(1, 2, 4), jobs: int | None = None,
+        limits=(1, 10), queues=("sql", "amqp")) -> list[Result]:
+    jobs = jobs or (1000 if quick else 5000)
+    results = []
+    for queue_kind in queues:
+        for backend in backends:
+            if queue_kind == "amqp" and backend != "mariadb":
+                continue  # the broker carries the news; one SQL back end is enough to measure it
+            reason = unavailable_reason(services, backend)
+            if queue_kind == "amqp":
+                reason = reason or unavailable_reason(services, "amqp")
+                if not amqp_queue_available():
+                    reason = "eas_controller/queues/amqp.py does not exist yet"
+            for limit in limits:
+                name = "our %s queue: claim + completion, %s" % (
+                    queue_kind.upper(), "1 job/claim" if limit == 1 else "up to %d jobs/claim" % limit)
+                for processes in process_counts:
+                    if reason:
+                        results.append(Result.skipped("ours", name, backend, reason, "jobs/s", processes=processes))
+                        continue
+                    measured = measure(services.sqlalchemy_url(backend, "claims"), queue_kind, services.amqp_url, jobs,
+                                       processes, limit)
+                    problems = []
+                    if measured["done"] != jobs:
+                        problems.append("%d of %d tasks done" % (measured["done"], jobs))
+                    if measured["lost"]:
+                        problems.append("%d completions lost ownership" % measured["lost"])
+                    results.append(Result("ours", name, backend if queue_kind == "sql" else "amqp", measured["rate"],
+                                          "jobs/s", processes=processes, jobs=jobs, duplicates=measured["duplicates"],
+                                          note="; ".join(problems), extra=dict(elapsed_s=measured["elapsed"],
+                                                                               limit=limit, database=backend)))
+    return results
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from bench.common import print_results
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    parser.add_argument("--jobs", type=int, help="jobs per measurement")
+    parser.add_argument("--backend", action="append", choices=BACKENDS, help="only these back ends")
+    parser.add_argument("--limit", action="append", type=int, help="jobs per claim (repeatable; default 1 and 10)")
+    parser.add_argument("--queue", action="append", choices=("sql", "amqp"), help="only these queues")
+    parser.add_argument("--processes", action="append", type=int, help="process counts (default 1, 2, 4)")
+    args = parser.parse_args(argv)
+    print_results(run(Services.from_environment(), args.quick, tuple(args.backend or BACKENDS),
+                      tuple(args.processes or (1, 2, 4)), args.jobs, tuple(args.limit or (1, 10)),
+                      tuple(args.queue or ("sql", "amqp"))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The benchmarks in bench/ run with tiny sizes and produce well-formed results, so they cannot rot.
+
+No timing is asserted: only that each benchmark runs to the end on every reachable back end, records
+no duplicate claims and returns results of the agreed shape. They use databases of their own
+(``eas_bench_smoke``), never the test databases.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import PROJECT_ROOT, REQUIRE_SERVICES
+
+from bench import end_to_end, limits, peers, queue_claim, run_all, scale, seed_claim
+from bench.common import Result, Services, is_well_formed, unavailable_reason
+
+REQUIRED = ("mariadb", "postgresql", "amqp")  # what CI provides; Redis (for RQ) is optional
+
+
+@pytest.fixture(scope="module")
+def services():
+    return Services.from_environment(database_suffix="_smoke")
+
+
+def check(results, expect_groups=None):
+    assert results, "a benchmark produced no results"
+    for result in results:
+        assert isinstance(result, Result)
+        record = result.to_dict()
+        assert is_well_formed(record), record
+        json.dumps(record)  # what run_all writes
+        if result.duplicates is not None:
+            assert result.duplicates == 0, record
+        assert not result.note.startswith("failed"), record
+        if REQUIRE_SERVICES and result.backend in REQUIRED:
+            assert result.value is not None, record
+        if expect_groups:
+            assert result.group in expect_groups
+
+
+def test_limits(services):
+    results = limits.run_sql_limits(services, process_counts=(1, 2), jobs=40, batches=(1, 5))
+    results += limits.run_rabbitmq_limits(services, messages=30, consumer_counts=(1, 2))
+    check(results, {"limits"})
+    measured = [r for r in results if r.value is not None and r.backend != "amqp"]
+    assert all(r.jobs == 40 and "never claimed" not in r.note for r in measured)
+    assert {r.backend for r in results} == {"mariadb", "postgresql", "sqlite", "amqp"}
+
+
+def test_seed_claim(services):
+    results = seed_claim.run(services, process_counts=(1, 2), jobs=40)
+    check(results, {"seed"})
+    assert len(results) == 6
+
+
+def test_queue_claim(services):
+    results = queue_claim.run(services, process_counts=(2,), jobs=20, limits=(1, 3))
+    check(results, {"ours"})
+    sql = [r for r in results if "SQL" in r.name]
+    assert len(sql) == 6
+    if queue_claim.amqp_queue_available():
+        assert any("AMQP" in r.name and r.value is not None for r in results) or not REQUIRE_SERVICES
+    else:
+        assert all(r.note.startswith("skipped") for r in results if "AMQP" in r.name)
+
+
+def test_end_to_end_with_real_processes(services):
+    backend = "sqlite" if unavailable_reason(services, "mariadb") and not REQUIRE_SERVICES else "mariadb"
+    results = end_to_end.throughput(services, backend, 12, memory=True)
+    results += end_to_end.latency(services, "sqlite", 3)
+    check(results)
+    throughput = results[0]
+    assert throughput.group == "end_to_end" and throughput.duplicates == 0 and throughput.note == ""
+    assert any(r.group == "memory" and r.value > 0 for r in results)
+    assert {r.group for r in results} == {"end_to_end", "memory", "latency"}
+
+
+def test_peers(services):
+    results = peers.run(services, jobs=12, forking_jobs=4)
+    check(results, {"peers"})
+    assert len(results) == 3
+    for result in results:
+        if result.value is not None:
+            assert result.jobs in (12, 4)
+
+
+def test_scale(services):
+    results = scale.history_scaling(services, "sqlite", sizes=(1000, 2000), claims=5, promote=20)
+    results.append(scale.submit_rate(services, "sqlite", 50))
+    if not unavailable_reason(services, "mariadb"):
+        results += scale.history_scaling(services, "mariadb", sizes=(1000, 2000), claims=3, promote=10)
+    check(results, {"scale"})
+    assert len([r for r in results if r.backend == "sqlite"]) == 9
+
+
+def test_targets_table_and_docs(tmp_path, services):
+    results = seed_claim.run(services, backends=("sqlite",), process_counts=(4,), jobs=20)
+    results += [Result("limits", "raw claim+complete, SKIP LOCKED, 1 job/claim", "mariadb", 1000.0, "jobs/s", processes=2),
+                Result("end_to_end", "end to end: 10 null tasks, 2 workers", "mariadb", 600.0, "tasks/s", processes=2)]
+    rows = run_all.targets(results)
+    first = rows[0]
+    assert first["ratio"] == 0.6 and first["met"] is True
+    assert all(set(row) == {"target", "ratio", "goal", "met", "detail"} for row in rows)
+    facts = dict(date="today", cpu="cpu", cores=2, memory_gb=1, os="os", servers={"sqlite": "3"})
+    table = run_all.render(results, rows, facts, "./bench/run_all.py --quick")
+    assert "raw claim+complete" in table and "target" in table
+    docs = tmp_path / "performance.md"
+    docs.write_text("# Performance\n\nOther section.\n")
+    run_all.update_docs(table, str(docs))
+    run_all.update_docs(table, str(docs))  # replaces its own block, keeps the rest
+    text = docs.read_text()
+    assert text.count(run_all.DOCS_START) == 1 and "Other section." in text
+
+
+def test_run_all_runs_as_a_script_from_a_fresh_shell(tmp_path):
+    environment = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    completed = subprocess.run([os.path.join(PROJECT_ROOT, "bench", "run_all.py"), "--help"], cwd=str(tmp_path),
+                               env=environment, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "--quick" in completed.stdout
