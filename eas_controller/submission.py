@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from eas_controller import states
 from eas_controller.chains import ChainError, Node, Plan
+from eas_controller.database.engine import reserve_ids
 from eas_controller.database.schema import jobs, products, task_dependencies, tasks
 
 _CHUNK = 500
@@ -65,6 +66,13 @@ def insert_rows_returning_ids(connection: Connection, table: sa.Table, rows: lis
     """Insert ``rows`` and return their new ids in order, in as few round trips as the dialect allows."""
     if not rows:
         return []
+    reserved = reserve_ids(connection, table, len(rows))
+    if reserved is not None:
+        for chunk_start in range(0, len(rows), _CHUNK):
+            chunk = rows[chunk_start : chunk_start + _CHUNK]
+            connection.execute(table.insert(), [dict(row, id=new_id) for row, new_id in
+                                                zip(chunk, reserved[chunk_start : chunk_start + _CHUNK])])
+        return reserved
     if connection.dialect.insert_executemany_returning_sort_by_parameter_order:
         ids = []
         for chunk in _chunks(rows):

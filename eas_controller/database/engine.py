@@ -181,3 +181,16 @@ def check_server_version(engine: Engine) -> None:
     refusal = version_refusal(engine.dialect.name, version)
     if refusal:
         raise DatabaseError(refusal)
+
+
+def reserve_ids(connection: Connection, table: sa.Table, count: int) -> list[int] | None:
+    """PostgreSQL: take ``count`` new ids from ``table``'s id sequence in one round trip, so that many rows can be
+    inserted with a plain executemany (several times faster there than an ordered ``INSERT ... RETURNING``).
+    Elsewhere None: the caller uses ``RETURNING``."""
+    if connection.dialect.name != "postgresql" or count < 1:
+        return None
+    rows = connection.execute(
+        sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"),
+        dict(table=table.name, count=count),
+    )
+    return [row[0] for row in rows]
