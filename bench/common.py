@@ -17,6 +17,7 @@ import tempfile
 import time
 import traceback
 import urllib.parse
+import uuid
 from typing import Any, Callable
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +57,7 @@ class Services:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     redis_url: str = "redis://127.0.0.1:6379/0"
     work_dir: str = ""  # SQLite files, data directories, logs
+    amqp_prefix: str = ""  # RabbitMQ queue names of this run: prefix + task type
 
     @classmethod
     def from_environment(cls, database_suffix: str = "") -> "Services":
@@ -69,7 +71,17 @@ class Services:
         services.amqp_url = os.environ.get("EAS_BENCH_AMQP_URL", services.amqp_url)
         services.redis_url = os.environ.get("EAS_BENCH_REDIS_URL", services.redis_url)
         services.work_dir = tempfile.mkdtemp(prefix="eas_bench_")
+        services.amqp_prefix = "eas_bench_%s." % uuid.uuid4().hex[:10]
         return services
+
+    def settings(self, url: str, queue: str = "sql"):
+        """Controller settings for ``url`` and ``queue``, with this run's own RabbitMQ queue names."""
+        from eas_controller.config import Settings
+
+        settings = Settings(db_url=url, queue=queue, amqp_url=self.amqp_url, data_dir=self.work_dir)
+        if hasattr(settings, "amqp_queue_prefix"):
+            settings.amqp_queue_prefix = self.amqp_prefix
+        return settings
 
     def sqlalchemy_url(self, backend: str, name: str = "eas") -> str:
         if backend == "mariadb":
@@ -104,6 +116,29 @@ def unavailable_reason(services: Services, backend: str) -> str | None:
     except Exception as error:  # anything at all means: not usable for this run
         return "%s: %s" % (error.__class__.__name__, str(error).splitlines()[0][:160] if str(error) else "")
     return None
+
+
+def delete_amqp_queues(amqp_url: str, prefix: str, task_types=None) -> None:
+    """Delete the RabbitMQ queues a run made (its prefix + each registered task type)."""
+    if not prefix:
+        return
+    try:
+        import pika
+
+        from eas_controller.registry import read_registries
+
+        names = task_types or list(read_registries([]))
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        for name in names:
+            channel = connection.channel()
+            try:
+                channel.queue_delete(prefix + name)
+            except Exception:  # never declared: nothing to delete
+                pass
+        if connection.is_open:
+            connection.close()
+    except Exception:
+        pass
 
 
 def ensure_database(url: str) -> None:

@@ -72,7 +72,7 @@ class Controller:
     """A fresh database, a scheduler daemon and N worker processes, as a user would run them."""
 
     def __init__(self, services: Services, backend: str, workers: int = 2, queue: str = "sql", tag: str = "e2e",
-                 worker_args: tuple = ()):
+                 slots: int = 1):
         from bench.queue_claim import fresh_schema
 
         self.backend = backend
@@ -82,16 +82,17 @@ class Controller:
         os.makedirs(self.data_dir, exist_ok=True)
         self.environment = dict(os.environ, EAS_DB_URL=self.url, EAS_DATA_DIR=self.data_dir, EAS_QUEUE=queue,
                                 EAS_AMQP_URL=services.amqp_url,
-                                EAS_CONFIG=os.path.join(self.data_dir, "settings.yaml"), PYTHONUNBUFFERED="1")
+                                EAS_CONFIG=os.path.join(self.data_dir, "settings.yaml"), PYTHONUNBUFFERED="1",
+                                EAS_AMQP_QUEUE_PREFIX=services.amqp_prefix)
         self.log_dir = os.path.join(services.work_dir, "%s-%s-logs" % (tag, backend))
         os.makedirs(self.log_dir, exist_ok=True)
         self.processes: dict[str, subprocess.Popen] = {}
         self.processes["scheduler"] = self._start("scheduler", "schedule_all_waiting_tasks")
         for number in range(1, workers + 1):
             self.processes["worker %d" % number] = self._start(
-                "worker-%d" % number, "worker", "--name", "bench-%s-%d" % (tag, number), "--concurrency", "1",
-                "--cpus", "1", *worker_args)
-        self.slots = workers
+                "worker-%d" % number, "worker", "--name", "bench-%s-%d" % (tag, number), "--concurrency", str(slots),
+                "--cpus", str(slots))
+        self.slots = workers * slots
         self._wait_for_workers(workers)
 
     def _start(self, log_name: str, command: str, *args: str) -> subprocess.Popen:
@@ -165,6 +166,8 @@ class Controller:
             ).all()
 
     def stop(self) -> None:
+        from bench.common import delete_amqp_queues
+
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -175,6 +178,8 @@ class Controller:
                 process.kill()
                 process.wait()
         self.engine.dispose()
+        if self.environment["EAS_QUEUE"] == "amqp":
+            delete_amqp_queues(self.environment["EAS_AMQP_URL"], self.environment["EAS_AMQP_QUEUE_PREFIX"])
 
 
 def _integrity(rows: list, tasks: int) -> tuple[int, list[str]]:
@@ -194,10 +199,15 @@ def _integrity(rows: list, tasks: int) -> tuple[int, list[str]]:
 
 
 def throughput(services: Services, backend: str, tasks: int, workers: int = 2, queue: str = "sql",
-               timeout: float = 3600, memory: bool = False) -> list[Result]:
-    """N independent null tasks end to end; returns throughput, overhead (and peak memory when asked)."""
-    label = "end to end: %s null tasks, %d workers" % ("{:,}".format(tasks), workers)
-    controller = Controller(services, backend, workers, queue)
+               timeout: float = 3600, memory: bool = False, slots: int = 1) -> list[Result]:
+    """N independent null tasks end to end; returns throughput, overhead (and peak memory when asked).
+
+    ``slots`` per worker: 1 runs one task at a time per worker process, like two RQ workers or a Celery
+    prefork pool of 2; a worker's default is one slot per core (2 here).
+    """
+    label = "end to end: %s null tasks, %d workers%s" % ("{:,}".format(tasks), workers,
+                                                         " x %d slots" % slots if slots > 1 else "")
+    controller = Controller(services, backend, workers, queue, slots=slots)
     sampler = MemorySampler(controller.pids()) if memory else None
     try:
         if sampler:
@@ -216,7 +226,7 @@ def throughput(services: Services, backend: str, tasks: int, workers: int = 2, q
     elapsed = finished - started
     duplicates, problems = _integrity(rows, tasks)
     walls = [row.wall_s for row in rows if row.wall_s is not None]
-    overhead_ms = (elapsed * workers / tasks - statistics.fmean(walls)) * 1000
+    overhead_ms = (elapsed * controller.slots / tasks - statistics.fmean(walls)) * 1000
     in_worker_ms = statistics.fmean(row.ended_at - row.started_at - row.wall_s for row in rows if row.ended_at) * 1000
     backend_label = backend if queue == "sql" else "amqp"
     extra = dict(elapsed_s=round(elapsed, 2), submit_s=round(submitted - started, 2), database=backend,
@@ -224,7 +234,8 @@ def throughput(services: Services, backend: str, tasks: int, workers: int = 2, q
     results = [
         Result("end_to_end", label, backend_label, tasks / elapsed, "tasks/s", processes=workers, jobs=tasks,
                duplicates=duplicates, note="; ".join(problems), extra=extra),
-        Result("end_to_end", "controller overhead per task (slot time - task time)", backend_label, overhead_ms, "ms",
+        Result("end_to_end", "controller overhead per task (slot time - task time)%s" % (
+            ", %d slots per worker" % slots if slots > 1 else ""), backend_label, overhead_ms, "ms",
                processes=workers, jobs=tasks, extra=dict(in_worker_overhead_ms=round(in_worker_ms, 2))),
     ]
     if memory:
@@ -270,7 +281,7 @@ def latency(services: Services, backend: str, links: int, workers: int = 2, queu
 
 
 def run(services: Services, quick: bool = True, backends=BACKENDS, tasks: int | None = None,
-        links: int | None = None, memory_tasks: int | None = None) -> list[Result]:
+        links: int | None = None, memory_tasks: int | None = None, default_slots: bool = False) -> list[Result]:
     tasks = tasks or (5000 if quick else 20000)
     links = links or (30 if quick else 200)
     results = []
@@ -281,6 +292,16 @@ def run(services: Services, quick: bool = True, backends=BACKENDS, tasks: int | 
                                           "tasks/s", processes=2))
             continue
         results += throughput(services, backend, tasks)
+        if default_slots and backend == "mariadb":
+            results += throughput(services, backend, tasks, slots=os.cpu_count() or 1)
+        if backend == "mariadb":
+            from bench.queue_claim import amqp_queue_available
+
+            if not amqp_queue_available() or unavailable_reason(services, "amqp"):
+                results.append(Result.skipped("end_to_end", "end to end through the AMQP queue", "amqp",
+                                              "no AMQP queue implementation or RabbitMQ unreachable", "tasks/s"))
+            else:
+                results += throughput(services, backend, tasks, queue="amqp")
         results += latency(services, backend, links)
     if memory_tasks and "mariadb" in backends and not unavailable_reason(services, "mariadb"):
         results += throughput(services, "mariadb", memory_tasks, memory=True)
@@ -297,10 +318,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, help="tasks in the throughput run (default 5,000 quick, 20,000 full)")
     parser.add_argument("--links", type=int, help="tasks in the latency chain (default 30 quick, 200 full)")
     parser.add_argument("--memory-tasks", type=int, help="also run this many tasks on MariaDB sampling peak memory")
+    parser.add_argument("--default-slots", action="store_true",
+                        help="also run with each worker's default slots (one per core)")
     parser.add_argument("--backend", action="append", choices=BACKENDS, help="only these back ends")
     args = parser.parse_args(argv)
     print_results(run(Services.from_environment(), args.quick, tuple(args.backend or BACKENDS), args.tasks, args.links,
-                      args.memory_tasks))
+                      args.memory_tasks, args.default_slots))
     return 0
 
 

@@ -89,25 +89,24 @@ def complete(engine, worker: dict, claim: dict) -> str:
         connection, worker, prepared, outcome, {}, 1, 5.0))
 
 
-def claim_loop(url: str, queue_kind: str, amqp_url: str, limit: int, claimer: int) -> tuple[list, dict]:
+def claim_loop(url: str, settings, limit: int, claimer: int) -> tuple[list, dict]:
     """One claimer: claim up to ``limit`` attempts per transaction, complete each; stop when none come."""
-    from eas_controller.config import Settings
     from eas_controller.database.engine import make_engine
     from eas_controller.queues import make_queue
 
+    queue_kind = settings.queue
     engine = make_engine(url, pool_size=2)
-    queue = make_queue(Settings(db_url=url, queue=queue_kind, amqp_url=amqp_url), engine)
+    queue = make_queue(settings, engine)
     worker = register_worker(engine, "bench-claimer-%d" % claimer)
-    claimed, empty_polls, lost = [], 0, 0
+    claimed, lost, last_claim = [], 0, time.time()
     while True:
         claims = queue.claim(worker, None, limit, 60.0)
         if not claims:
-            empty_polls += 1
-            if queue_kind == "sql" or empty_polls >= 3:  # a broker may still be delivering
+            if queue_kind == "sql" or time.time() - last_claim > 2.0:  # a broker may still be delivering
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
             continue
-        empty_polls = 0
+        last_claim = time.time()
         for claim in claims:
             claimed.append((claim["attempt_id"], claim["task_id"]))
             if complete(engine, worker, claim) != "succeeded":
@@ -117,19 +116,24 @@ def claim_loop(url: str, queue_kind: str, amqp_url: str, limit: int, claimer: in
     return claimed, dict(lost=lost)
 
 
-def measure(url: str, queue_kind: str, amqp_url: str, jobs: int, processes: int, limit: int) -> dict:
+def measure(services: Services, url: str, queue_kind: str, jobs: int, processes: int, limit: int) -> dict:
     import sqlalchemy as sa
 
+    from bench.common import delete_amqp_queues
     from eas_controller.database.engine import read_transaction
     from eas_controller.database.schema import tasks
     from eas_controller.queues import make_queue
-    from eas_controller.config import Settings
 
+    settings = services.settings(url, queue_kind)
     engine = fresh_schema(url)
-    queue = make_queue(Settings(db_url=url, queue=queue_kind, amqp_url=amqp_url), engine)
-    job_id = load_queued_attempts(engine, queue, jobs)
-    queue.close()
-    elapsed, outputs = run_processes(claim_loop, [(url, queue_kind, amqp_url, limit, n) for n in range(1, processes + 1)])
+    queue = make_queue(settings, engine)
+    try:
+        job_id = load_queued_attempts(engine, queue, jobs)
+        queue.close()
+        elapsed, outputs = run_processes(claim_loop, [(url, settings, limit, n) for n in range(1, processes + 1)])
+    finally:
+        if queue_kind == "amqp":
+            delete_amqp_queues(services.amqp_url, services.amqp_prefix)
     attempt_claims, task_claims, lost = [], [], 0
     for claimer, (claimed, counters) in enumerate(outputs, start=1):
         attempt_claims.extend((attempt_id, claimer) for attempt_id, _task in claimed)
@@ -163,7 +167,7 @@ def run(services: Services, quick: bool = True, backends=BACKENDS, process_count
                     if reason:
                         results.append(Result.skipped("ours", name, backend, reason, "jobs/s", processes=processes))
                         continue
-                    measured = measure(services.sqlalchemy_url(backend, "claims"), queue_kind, services.amqp_url, jobs,
+                    measured = measure(services, services.sqlalchemy_url(backend, "claims"), queue_kind, jobs,
                                        processes, limit)
                     problems = []
                     if measured["done"] != jobs:

@@ -45,8 +45,8 @@ def run_end_to_end(services: Services, quick: bool) -> list[Result]:
     from bench import end_to_end
 
     if not quick:
-        return end_to_end.run(services, quick=False, links=50, memory_tasks=100_000)
-    return (end_to_end.run(services, quick=True, backends=("mariadb",), tasks=5000, links=20)
+        return end_to_end.run(services, quick=False, links=50, memory_tasks=100_000, default_slots=True)
+    return (end_to_end.run(services, quick=True, backends=("mariadb",), tasks=5000, links=20, default_slots=True)
             + end_to_end.run(services, quick=True, backends=("postgresql", "sqlite"), tasks=2000, links=10))
 
 
@@ -82,13 +82,19 @@ def run_suite(services: Services, quick: bool, only: set | None = None) -> list[
 def run_external(file: str, group: str, quick: bool) -> list[Result]:
     """Run another benchmark script of bench/ and take its results.
 
-    The script gets ``--quick`` in quick mode and ``--json FILE`` when its ``--help`` offers them; the file
-    may hold a list of objects with at least ``name``, ``value`` and ``unit`` (``backend``, ``note``...
-    optional). Without ``--json`` its printed output is kept as a note.
+    A module with ``run(services, quick)`` returning :class:`Result` objects is called directly, with
+    databases named after it (``eas_bench_<name>``). Otherwise the script runs as a command, with
+    ``--quick`` in quick mode and ``--json FILE`` when its ``--help`` offers them; the file may hold a list of
+    objects with at least ``name``, ``value`` and ``unit``. Without either its printed output is kept.
     """
+    import importlib
+
     path = os.path.join(PROJECT_ROOT, "bench", file)
     if not os.path.exists(path):
         return []
+    module = importlib.import_module("bench." + file[:-3])
+    if callable(getattr(module, "run", None)):
+        return list(module.run(Services.from_environment(database_suffix="_" + file[:-3]), quick))
     help_text = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, cwd=PROJECT_ROOT,
                                timeout=120).stdout
     command = [sys.executable, path]

@@ -2,7 +2,7 @@
 
 No timing is asserted: only that each benchmark runs to the end on every reachable back end, records
 no duplicate claims and returns results of the agreed shape. They use databases of their own
-(``eas_bench_smoke``), never the test databases.
+(``<test database>_bench``, else ``eas_bench_smoke``), never the test databases themselves.
 """
 
 import json
@@ -21,7 +21,13 @@ REQUIRED = ("mariadb", "postgresql", "amqp")  # what CI provides; Redis (for RQ)
 
 @pytest.fixture(scope="module")
 def services():
-    return Services.from_environment(database_suffix="_smoke")
+    """Databases of the benchmarks' own, named after the tester's test databases (each engineer and CI
+    exports their own ``EAS_TEST_*_URL``), so two test runs at once never share one."""
+    services = Services.from_environment(database_suffix="_smoke")
+    for variable, attribute in (("EAS_TEST_MYSQL_URL", "mysql_url"), ("EAS_TEST_POSTGRES_URL", "postgres_url")):
+        if os.environ.get(variable) and not os.environ.get(variable.replace("TEST", "BENCH")):
+            setattr(services, attribute, os.environ[variable] + "_bench")
+    return services
 
 
 def check(results, expect_groups=None):
