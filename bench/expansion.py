@@ -86,9 +86,11 @@ def measure_once(url: str, shape: tuple[int, int, int]) -> dict:
                 problems=problems)
 
 
-def run(services: Services, quick: bool = False, backends=BACKENDS, repeat: int = 3,
+def run(services: Services, quick: bool = False, backends=BACKENDS, repeat: int | None = None,
         shape: tuple[int, int, int] | None = None) -> list[Result]:
+    """One row per back end and step; ``quick``: a 400-leaf chain, once (the smoke test's size)."""
     shape = shape or ((4, 5, 20) if quick else (10, 10, 100))
+    repeat = repeat or (1 if quick else 3)
     leaves = shape[0] * shape[1] * shape[2]
     results = []
     for backend in backends:
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 4 x 5 x 20 chain instead of 10 x 10 x 100")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("OUTER", "MIDDLE", "INNER"), help="loop sizes")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions per back end; the median is shown")
+    parser.add_argument("--repeat", type=int, help="repetitions per back end, the median shown (default 3; --quick 1)")
     parser.add_argument("--backend", action="append", choices=BACKENDS, help="only these back ends")
     args = parser.parse_args(argv)
     services = Services.from_environment(database_suffix="_expansion")

@@ -212,6 +212,19 @@ def _relative_path(working_directory: str, filename: Any, where: str, field: str
     return path
 
 
+#: the longest value the database columns hold (see database/schema.py)
+MAX_LENGTHS = {"name": 255, "job_name": 255, "working_directory": 512, "path": 760, "semantic": 128}
+
+
+def _check_length(value: Any, field: str, where: str) -> None:
+    kind = ("semantic" if "semantic type" in field else "path" if field.startswith(("inputs.", "outputs."))
+            else field)
+    limit = MAX_LENGTHS.get(kind)
+    if limit and isinstance(value, str) and len(value) > limit:
+        raise ChainError("%s: field '%s' is %d characters long; at most %d are stored" % (
+            where, field, len(value), limit))
+
+
 def _directory(working_directory: str, where: str) -> str:
     """A working directory, normalised: relative to the data directory, never outside it ('' is its top)."""
     if not working_directory or posixpath.normpath(working_directory) == ".":
@@ -517,6 +530,8 @@ class Expander:
         if not isinstance(working_directory, str):
             raise ChainError("%s: field 'working_directory' must be a string, not %r" % (where, working_directory))
         working_directory = _directory(working_directory, where)
+        for field, value in (("name", name), ("job_name", job_name), ("working_directory", working_directory)):
+            _check_length(value, field, where)
         priority = self.evaluate(item.get("priority", context.priority), context, where, "priority")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ChainError("%s: field 'priority' must be a whole number, not %r" % (where, priority))
@@ -580,7 +595,9 @@ class Expander:
                 raise ChainError("%s: field '%s' must be an object {semantic type: file name}" % (where, field))
             resolved = {}
             for semantic, filename in files.items():
+                _check_length(semantic, "%s (semantic type)" % field, where)
                 resolved[semantic] = _relative_path(node.working_directory, filename, where, "%s.%s" % (field, semantic))
+                _check_length(resolved[semantic], "%s.%s" % (field, semantic), where)
             setattr(node, field, resolved)
         for semantic, path in node.outputs.items():
             self.register_output(node, path, where, "outputs.%s" % semantic)

@@ -368,3 +368,28 @@ def test_ten_thousand_leaf_shape_expands_and_submits(eas_sqlite):
     assert [json.loads(row.description)["label"] for row in labels[:3]] == ["0-0-0", "0-0-1", "0-0-2"]
     last = json.loads(labels[-1].metadata)
     assert (last["a"], last["b"], last["c_index"]) == (3, 1, 19) and math.isclose(last["c"], 1000)
+
+
+def test_files_made_inside_run_time_subtrees_are_waited_for_as_a_whole():
+    """A reader outside a conditional decided at run time, or outside a do-while, waits for the whole subtree;
+    a reader inside the do-while waits only for the task of its own pass."""
+    chain = {"task_list": [
+        {"task": "null", "name": "detect"},
+        {"task": "execution_conditional", "name": "branch", "requires_metadata_from": ["detect"],
+         "criterion": "(requested_metadata['detect']['ok'])",
+         "task_list": [{"task": "execution_for_loop", "parameter": "k", "values": [0, 1], "task_list": [
+             {"task": "null", "outputs": {"part": "'part_{k_index}.txt'.format(**metadata)"}}]}],
+         "else_task_list": [{"task": "null", "outputs": {"part": "part_1.txt"}}]},
+        {"task": "execution_do_while_loop", "name": "loop", "iteration_name": "n", "repeat_criterion": "(False)",
+         "task_list": [{"task": "null", "name": "write", "outputs": {"f": "state.txt"}},
+                       {"task": "null", "name": "inside", "inputs": {"f": "state.txt"}}]},
+        {"task": "null", "name": "reader", "inputs": {"a": "part_0.txt", "b": "part_1.txt", "c": "state.txt"}},
+    ]}
+    plan = expand_chain(chain, "subtrees.json", read_registries([]))
+    nodes = {node.name: node for node in plan.nodes if node.name}
+    assert not nodes["branch"].expanded and nodes["branch"].deferred_outputs == ["part_0.txt", "part_1.txt",
+                                                                                 "part_1.txt"]
+    assert [(producer.name, path) for producer, path, _s in nodes["reader"].file_dependencies] == [
+        ("branch", "part_0.txt"), ("branch", "part_1.txt"), ("loop", "state.txt")]
+    assert [(producer.name, path) for producer, path, _s in nodes["inside"].file_dependencies] == [
+        ("write", "state.txt")]

@@ -137,6 +137,8 @@ CASES = [
      ["task_list[0]: field 'outputs.x'", "must stay inside the working directory"]),
     ("working-directory-absolute", chain_of(shell("a", working_directory="/tmp")),
      ["task_list[0]", "field 'working_directory'", "must stay inside"]),
+    ("name-too-long", chain_of({"task": "null", "name": "('n' * 300)"}),
+     ["task_list[0]: field 'name' is 300 characters long; at most 255 are stored"]),
     ("do-while-max-iterations", chain_of({"task": "execution_do_while_loop", "iteration_name": "n",
                                           "repeat_criterion": "(True)", "max_iterations": 0,
                                           "task_list": [{"task": "null"}]}),
@@ -242,3 +244,14 @@ def test_every_shipped_demo_chain_is_valid():
         with open(path) as handle:
             plan = expand(json.load(handle), path)
         assert plan.worker_tasks, path
+
+
+def test_documented_constants_match_the_code():
+    """docs/task_chains.md carries a copy of CONSTANTS_TABLE; every row must match the code exactly."""
+    from eas_controller.constants import CONSTANTS_TABLE
+
+    with open(os.path.join(PROJECT_ROOT, "docs", "task_chains.md")) as handle:
+        documented = {line.split("|")[1].strip(" `"): [cell.strip() for cell in line.split("|")[2:5]]
+                      for line in handle if line.startswith("| `")}
+    for name, value, unit, description in CONSTANTS_TABLE:
+        assert documented.get(name) == [repr(value), unit, description], name
