@@ -175,6 +175,11 @@ def _control_notes(node) -> list[str]:
             notes.append("if %s: task_list (%d), else: else_task_list (%d)" % (
                 description.get("criterion"), len(description.get("task_list", [])),
                 len(description.get("else_task_list", []))))
+        elif node.task_type == "execution_for_loop":
+            notes.append("%s over %s" % (description.get("parameter"), next(
+                json.dumps(description[form]) for form in ("values", "linear_range", "log_range") if form in description)))
+        elif node.task_type == "execution_do_while_loop":
+            notes.append("repeats while %s" % description.get("repeat_criterion"))
         if node.deferred_outputs:
             notes.append("will write " + ", ".join(node.deferred_outputs))
         return notes

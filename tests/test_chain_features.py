@@ -393,3 +393,30 @@ def test_files_made_inside_run_time_subtrees_are_waited_for_as_a_whole():
         ("branch", "part_0.txt"), ("branch", "part_1.txt"), ("loop", "state.txt")]
     assert [(producer.name, path) for producer, path, _s in nodes["inside"].file_dependencies] == [
         ("write", "state.txt")]
+
+
+COMBINATION = {"job_name": "combo", "task_list": [
+    {"task": "shell", "name": "limit", "command": "echo '{\"passes\": 3}' > \"$EAS_METADATA_OUT\""},
+    {"task": "execution_do_while_loop", "name": "loop", "iteration_name": "n", "requires_metadata_from": ["limit"],
+     "repeat_criterion": "(metadata['n_index'] < requested_metadata['limit']['passes'])",
+     "task_list": [{"task": "null", "name": "body"}]},
+    {"task": "execution_for_loop", "parameter": "i", "values": [1, 2, 3], "task_list": [
+        {"task": "execution_conditional", "criterion": "(metadata['i'] > 1)",
+         "task_list": [{"task": "null", "name": "big"}], "else_task_list": [{"task": "null", "name": "small"}]}]},
+]}
+
+
+def test_do_while_waiting_for_a_sibling_and_conditionals_decided_at_submission(eas_sqlite, tmp_path):
+    path = tmp_path / "combo.json"
+    path.write_text(json.dumps(COMBINATION))
+    dry = eas_sqlite.script("job_submission/submit.py", "--tasks", str(path), "--dry-run").stdout
+    assert "#2 execution_do_while_loop 'loop'  -- EXPANDS AT RUN TIME once #1 finished; repeats while" in dry
+    assert "#4 execution_conditional [i=1]  -- (metadata['i'] > 1) is False: runs else_task_list" in dry
+    eas_sqlite.script("job_submission/run_local.py", "--tasks", str(path), "--workers", "1")
+    tree = json.loads(eas_sqlite.script("diagnostics/display_job_tree.py", "--format", "json").stdout)
+    names = sorted((row["task_name"], row["inherited"].get("i"), row["inherited"].get("n_index"))
+                   for row in tree if row["task_type"] == "null")
+    assert names == [("big", 2, None), ("big", 3, None), ("body", None, 1), ("body", None, 2), ("body", None, 3),
+                     ("small", 1, None)]
+    # only the branch taken exists: decided at submission, so the dry run already showed it
+    assert counts(tree)["execution_conditional"] == 3 and {row["state"] for row in tree} == {"done"}
