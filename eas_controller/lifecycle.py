@@ -20,32 +20,36 @@ from eas_controller.database.schema import attempts, metadata_items, task_depend
 _VALUE_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
 
 
-def release_dependants(connection: Connection, task_id: int, now: float | None = None) -> int:
-    """Mark ``task_id`` as delivered to the tasks that wait for it; returns how many became ready."""
+def release_dependants(connection: Connection, task_id: int, now: float | None = None) -> None:
+    """Mark ``task_id`` as delivered to the tasks that wait for it; those with nothing left to wait for become ready.
+
+    Three statements, on every task completion: find the dependants, count each down (a dependant whose last
+    dependency this was becomes ready in the same UPDATE), mark the dependency rows satisfied.
+    """
     now = now or time.time()
     deps = task_dependencies
     waiting_on_it = sa.select(deps.c.task_id).where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False))
     dependant_ids = [row[0] for row in connection.execute(waiting_on_it)]
     if not dependant_ids:
-        return 0
-    connection.execute(
-        deps.update().where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False)).values(satisfied=True)
+        return
+    last_dependency = sa.and_(
+        tasks.c.unmet_dependencies == 1,
+        sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
     )
+    # The state is assigned first, from the count before this update: MySQL evaluates SET clauses left to
+    # right with the new values, PostgreSQL and SQLite with the old ones; in this order both agree.
     connection.execute(
         tasks.update()
         .where(tasks.c.id.in_(dependant_ids))
-        .values(unmet_dependencies=tasks.c.unmet_dependencies - 1, updated_at=now)
-    )
-    became_ready = connection.execute(
-        tasks.update()
-        .where(
-            tasks.c.id.in_(dependant_ids),
-            tasks.c.unmet_dependencies == 0,
-            sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
+        .ordered_values(
+            (tasks.c.state, sa.case((last_dependency, states.READY), else_=tasks.c.state)),
+            (tasks.c.unmet_dependencies, tasks.c.unmet_dependencies - 1),
+            (tasks.c.updated_at, now),
         )
-        .values(state=states.READY, updated_at=now)
     )
-    return became_ready.rowcount
+    connection.execute(
+        deps.update().where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False)).values(satisfied=True)
+    )
 
 
 def finish_task(connection: Connection, task_id: int, state: str, error_text: str | None = None) -> None:
@@ -115,14 +119,25 @@ def output_metadata(connection: Connection, task_ids: Iterable[int]) -> dict[int
 
 def requested_metadata(connection: Connection, task_id: int) -> dict[str, dict]:
     """What ``requires_metadata_from`` asked for: {sibling name: its output metadata}."""
+    return requested_metadata_of(connection, [task_id])[task_id]
+
+
+def requested_metadata_of(connection: Connection, task_ids: list[int]) -> dict[int, dict[str, dict]]:
+    """:func:`requested_metadata` for several tasks in one query (a worker claiming a batch)."""
     deps = task_dependencies
-    sources = connection.execute(
-        sa.select(tasks.c.id, tasks.c.name)
-        .join(deps, deps.c.requires_task_id == tasks.c.id)
-        .where(deps.c.task_id == task_id, deps.c.kind == "metadata")
-    ).all()
-    values = output_metadata(connection, [row.id for row in sources])
-    return {row.name: values[row.id] for row in sources}
+    result: dict[int, dict[str, dict]] = {task_id: {} for task_id in task_ids}
+    sources = []
+    for start in range(0, len(task_ids), 500):
+        sources.extend(connection.execute(
+            sa.select(deps.c.task_id.label("dependant"), tasks.c.id, tasks.c.name)
+            .join(deps, deps.c.requires_task_id == tasks.c.id)
+            .where(deps.c.task_id.in_(task_ids[start : start + 500]), deps.c.kind == "metadata")
+        ).all())
+    if sources:
+        values = output_metadata(connection, {row.id for row in sources})
+        for row in sources:
+            result[row.dependant][row.name] = values[row.id]
+    return result
 
 
 def latest_children_metadata(connection: Connection, parent_id: int, names: Iterable[str]) -> dict[str, dict]:
@@ -171,11 +186,12 @@ def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict,
         connection.execute(
             tasks.update().where(tasks.c.id.in_([row.task_id for row in rows])).values(state=states.RUNNING, updated_at=now)
         )
+    requested = requested_metadata_of(connection, [row.task_id for row in rows])
     claimed = []
     for row in rows:
         item = row._asdict()
         item["description"] = json.loads(item["description"])
         item["metadata"] = json.loads(item["metadata"])
-        item["requested_metadata"] = requested_metadata(connection, row.task_id)
+        item["requested_metadata"] = requested[row.task_id]
         claimed.append(item)
     return claimed

@@ -104,6 +104,19 @@ def test_seed_flags_are_recorded_and_used_by_later_scripts(eas_mysql, tmp_path):
         assert connection.execute(sa.select(schema.jobs.c.name)).scalars().all() == ["seeded"]
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--db_user", "eas", "--db_passwd", PASSWORD], ["--db_user, --db_passwd", "without --db_host"]),
+    (["--db_host", "127.0.0.1", "--db-url", "sqlite:///x.sqlite"], ["either --db-url or --db_host"]),
+])
+def test_seed_flags_are_checked(eas_sqlite, args, words):
+    result = eas_sqlite.script("database_initialisation/init_schema.py", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    assert not os.path.exists(eas_sqlite.settings.settings_path)
+
+
 @pytest.fixture
 def mysql_user_with_password(eas_mysql):
     """A MariaDB account with a password, allowed only on this test database."""
@@ -271,3 +284,41 @@ def test_bad_settings_file_stops_a_script_with_one_line(eas_sqlite, tmp_path):
 def test_redact_url_hides_passwords(url, shown):
     assert redact_url(url) == shown
     assert PASSWORD not in redact_url(url)
+
+
+# -- every script is a door that answers --help ------------------------------------------------------------
+
+ROLE_FOLDERS = ("database_initialisation", "job_submission", "queue_management", "worker_orchestration", "diagnostics",
+                "web_interface")
+
+
+def role_scripts() -> list:
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eas_controller")
+    return sorted("%s/%s" % (folder, name) for folder in ROLE_FOLDERS if os.path.isdir(os.path.join(package, folder))
+                  for name in os.listdir(os.path.join(package, folder)) if name.endswith(".py") and name != "__init__.py")
+
+
+class FreshShell(Environment):
+    """A login-like environment: no virtual environment on PATH or activated, no EAS_* settings."""
+
+    @property
+    def env(self) -> dict:
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith(("EAS_", "PYTHON", "VIRTUAL_ENV", "CONDA"))}
+        environment["PATH"] = os.pathsep.join(part for part in os.environ.get("PATH", "").split(os.pathsep)
+                                              if ".venv" not in part and "/venv" not in part)
+        return environment
+
+
+def test_role_folders_hold_scripts():
+    assert {"database_initialisation/init_schema.py", "job_submission/submit.py",
+            "queue_management/schedule_all_waiting_tasks.py", "diagnostics/display_job_tree.py"} <= set(role_scripts())
+
+
+@pytest.mark.parametrize("script", role_scripts())
+def test_every_script_answers_help_from_a_fresh_shell(eas_sqlite, script):
+    fields = {field.name: getattr(eas_sqlite, field.name) for field in dataclasses.fields(eas_sqlite)}
+    result = FreshShell(**fields).script(script, "--help", input="")
+    assert result.stdout.startswith("usage: "), result.stdout
+    assert "--help" in result.stdout and len(result.stdout.splitlines()) > 3
+    assert result.stderr == ""

@@ -324,6 +324,27 @@ def test_python_and_command_products_are_recorded_with_md5_and_size(eas, tmp_pat
     assert [line.message for line in log_of(eas, written.id) if line.stream == "stdout"] == ["wrote %d characters" % len(text)]
 
 
+def test_requested_metadata_reaches_later_siblings(eas, tmp_path):
+    job_id = submit(eas, {"task_list": [
+        {"task": "emit_metadata", "name": "detect", "values": {"outcome": "PASS", "snr": 7.5}},
+        {"task": "emit_metadata", "name": "other", "values": {"flag": True}},
+        {"task": "emit_metadata", "name": "verdict", "requires_metadata_from": ["detect", "other"],
+         "values": {"seen": "(requested_metadata['detect']['outcome'])", "both": "(requested_metadata['other']['flag'])"}},
+        {"task": "shell", "name": "show", "requires_metadata_from": ["detect"],
+         "command": "tr -d ' \\n' < \"$EAS_METADATA_IN\"; echo"},
+    ]}, tmp_path)
+    run_workers(eas, 1)
+    rows = job_tasks(eas, job_id)
+    assert {row.state for row in rows.values()} == {"done"}
+    with eas.engine.connect() as connection:
+        verdict = {row.key: json.loads(row.value) for row in connection.execute(
+            sa.select(metadata_items).where(metadata_items.c.task_id == rows["verdict"].id))}
+    assert verdict == {"seen": "PASS", "both": True}
+    (attempt,) = attempts_of(eas, rows["show"].id)
+    (line,) = [line.message for line in log_of(eas, attempt.id) if line.stream == "stdout"]
+    assert json.loads(line) == {"metadata": {}, "requested_metadata": {"detect": {"outcome": "PASS", "snr": 7.5}}}
+
+
 # -- dependency order ---------------------------------------------------------------------------------------
 
 def test_diamond_runs_in_dependency_order_on_two_workers(eas, tmp_path):

@@ -20,10 +20,10 @@ def build_parser():
     parser = cli.parser(__doc__, EPILOG)
     seed = parser.add_argument_group("MySQL/MariaDB connection (alternative to --db-url)")
     seed.add_argument("--db_host", help="database host")
-    seed.add_argument("--db_port", type=int, default=3306, help="database port (default 3306)")
-    seed.add_argument("--db_user", default="root", help="database user (default root)")
-    seed.add_argument("--db_passwd", default="", help="database password (stored in the settings file, never printed)")
-    seed.add_argument("--db_name", default="eas", help="database name (default eas; created if missing)")
+    seed.add_argument("--db_port", type=int, help="database port (default 3306)")
+    seed.add_argument("--db_user", help="database user (default root)")
+    seed.add_argument("--db_passwd", help="database password (stored in the settings file, never printed)")
+    seed.add_argument("--db_name", help="database name (default eas; created if missing)")
     parser.add_argument("--task-types", action="append", metavar="FILE", default=None,
                         help="a task-type registry (YAML) to load in addition to the shipped one; repeatable")
     parser.add_argument("--reset", action="store_true", help="drop every EAS table first (destroys all tasks)")
@@ -32,10 +32,13 @@ def build_parser():
     return parser
 
 
+SEED_FLAGS = ("db_port", "db_user", "db_passwd", "db_name")
+
+
 def mysql_url(args) -> str:
     password = ":" + urllib.parse.quote(args.db_passwd, safe="") if args.db_passwd else ""
-    return "mysql+pymysql://%s%s@%s:%d/%s" % (urllib.parse.quote(args.db_user, safe=""), password, args.db_host,
-                                              args.db_port, args.db_name)
+    return "mysql+pymysql://%s%s@%s:%d/%s" % (urllib.parse.quote(args.db_user or "root", safe=""), password,
+                                              args.db_host, args.db_port or 3306, args.db_name or "eas")
 
 
 def ensure_database_exists(url: str) -> None:
@@ -69,8 +72,6 @@ def ensure_database_exists(url: str) -> None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.db_host and args.db_url:
-        raise SystemExit("error: give either --db-url or --db_host/--db_port/..., not both")
     return cli.run(lambda: initialise(args))
 
 
@@ -81,6 +82,11 @@ def initialise(args) -> int:
     from eas_controller.database.manage import create_schema, drop_schema
     from eas_controller.registry import read_registries, store_registry
 
+    if args.db_host and args.db_url:
+        raise cli.CommandError("give either --db-url or --db_host/--db_port/..., not both")
+    given = ["--" + flag for flag in SEED_FLAGS if getattr(args, flag) is not None]
+    if given and not args.db_host:
+        raise cli.CommandError("%s given without --db_host (the MySQL/MariaDB server to use)" % ", ".join(given))
     db_url = mysql_url(args) if args.db_host else args.db_url
     settings = cli.settings_from(args, db_url=db_url)
     if args.task_types is not None:
