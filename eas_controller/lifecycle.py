@@ -126,6 +126,8 @@ def requested_metadata_of(connection: Connection, task_ids: list[int]) -> dict[i
     """:func:`requested_metadata` for several tasks in one query (a worker claiming a batch)."""
     deps = task_dependencies
     result: dict[int, dict[str, dict]] = {task_id: {} for task_id in task_ids}
+    if not task_ids:
+        return result
     sources = []
     for start in range(0, len(task_ids), 500):
         sources.extend(connection.execute(
@@ -175,6 +177,8 @@ def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict,
             attempts.c.id.label("attempt_id"), attempts.c.number, tasks.c.id.label("task_id"), tasks.c.task_type,
             tasks.c.job_id, tasks.c.job_name, tasks.c.name, tasks.c.working_directory, tasks.c.description,
             tasks.c.metadata, tasks.c.max_attempts, tasks.c.chain_path,
+            sa.exists().where(task_dependencies.c.task_id == tasks.c.id, task_dependencies.c.kind == "metadata")
+            .label("has_requested"),  # most tasks ask for no metadata: spares them a query
         )
         .join(tasks, tasks.c.id == attempts.c.task_id)
         .where(
@@ -186,12 +190,13 @@ def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict,
         connection.execute(
             tasks.update().where(tasks.c.id.in_([row.task_id for row in rows])).values(state=states.RUNNING, updated_at=now)
         )
-    requested = requested_metadata_of(connection, [row.task_id for row in rows])
+    requested = requested_metadata_of(connection, [row.task_id for row in rows if row.has_requested])
     claimed = []
     for row in rows:
         item = row._asdict()
+        del item["has_requested"]
         item["description"] = json.loads(item["description"])
         item["metadata"] = json.loads(item["metadata"])
-        item["requested_metadata"] = requested[row.task_id]
+        item["requested_metadata"] = requested.get(row.task_id, {})
         claimed.append(item)
     return claimed
