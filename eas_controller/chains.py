@@ -304,22 +304,26 @@ class Validator:
             self.fail(path, "field '%s' must be a list of tasks, not %s" % (field, _json_type(task_list)))
         names = []
         positions: dict[str, int] = {}
+        computed = [position for position, item in enumerate(task_list)
+                    if isinstance(item, dict) and expressions.is_expression(item.get("name"))]
         for position, item in enumerate(task_list):
             name = item.get("name") if isinstance(item, dict) else None
-            if isinstance(name, str) and not expressions.is_expression(name):
+            if isinstance(name, (str, int)) and not expressions.is_expression(name):
+                name = str(name)
                 if name in positions:
                     self.fail("%s[%d]" % (list_path, position), "duplicate task name %r: %s[%d] already has it; "
                               "names must be unique among siblings" % (name, list_path, positions[name]))
                 positions[name] = position
         for position, item in enumerate(task_list):
             item_path = "%s[%d]" % (list_path, position)
-            self.task(item, item_path, sources, positions, position)
+            self.task(item, item_path, sources, positions, position, any(p < position for p in computed))
             name = item.get("name")
             if isinstance(name, str):
                 names.append(name)
         return names
 
-    def task(self, item: Any, path: str, sources: frozenset, sibling_positions: dict, position: int) -> None:
+    def task(self, item: Any, path: str, sources: frozenset, sibling_positions: dict, position: int,
+             computed_names_before: bool = False) -> None:
         if not isinstance(item, dict):
             self.fail(path, "each task must be a JSON object, not %s" % _json_type(item))
         if "task" not in item:
@@ -331,7 +335,7 @@ class Validator:
         for field in ("job_name", "working_directory"):
             if field in item and not isinstance(item[field], str):
                 self.fail(path, "field '%s' must be a string, not %s" % (field, _json_type(item[field])))
-        own = self.metadata_sources(item, path, sibling_positions, position)
+        own = self.metadata_sources(item, path, sibling_positions, position, computed_names_before)
         in_scope = sources | frozenset(own)
         if task_type in CONTROL_TYPES:
             self.control(item, path, task_type, in_scope)
@@ -350,13 +354,16 @@ class Validator:
                               "submission to infer dependencies" % field)
             self.requested_usage(item, path, in_scope)
 
-    def metadata_sources(self, item: dict, path: str, sibling_positions: dict, position: int) -> list[str]:
+    def metadata_sources(self, item: dict, path: str, sibling_positions: dict, position: int,
+                         computed_names_before: bool = False) -> list[str]:
         names = item.get("requires_metadata_from", [])
         if isinstance(names, str):
             names = [names]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             self.fail(path, "field 'requires_metadata_from' must be a list of names of earlier siblings")
         for name in names:
+            if name not in sibling_positions and computed_names_before:
+                continue  # an earlier sibling's name is an expression: checked once it is evaluated
             if name not in sibling_positions:
                 known = sorted(n for n, p in sibling_positions.items() if p < position)
                 self.fail(path, "field 'requires_metadata_from' names %r, but no sibling task has that name "

@@ -420,3 +420,18 @@ def test_do_while_waiting_for_a_sibling_and_conditionals_decided_at_submission(e
                      ("small", 1, None)]
     # only the branch taken exists: decided at submission, so the dry run already showed it
     assert counts(tree)["execution_conditional"] == 3 and {row["state"] for row in tree} == {"done"}
+
+
+def test_requires_metadata_from_a_sibling_with_a_computed_name():
+    chain = {"task_list": [{"task": "execution_for_loop", "parameter": "i", "values": [3, 4], "task_list": [
+        {"task": "null", "name": "('fit_%d' % metadata['i'])"},
+        {"task": "null", "name": "use", "requires_metadata_from": ["fit_3"], "x": "(requested_metadata['fit_3'])"}]}]}
+    known = read_registries([])
+    with pytest.raises(Exception) as caught:  # in the second iteration the sibling is called fit_4
+        expand_chain(chain, "computed.json", known)
+    assert "task_list[0]{i_index=1}.task_list[1] (with i=4): field 'requires_metadata_from' names 'fit_3', which is " \
+           "not an earlier sibling (earlier siblings: 'fit_4')" in str(caught.value)
+    chain["task_list"][0]["values"] = [3]
+    plan = expand_chain(chain, "computed.json", known)
+    use = next(node for node in plan.nodes if node.name == "use")
+    assert [source.name for source in use.metadata_from] == ["fit_3"] and use.needs_evaluation
