@@ -85,6 +85,51 @@ def test_reset_refuses_without_yes_and_works_with_it(eas, tmp_path):
     assert after["eas_schema_info"] == 1 and after["eas_task_types"] >= 4
 
 
+def run_on_terminal(environment: Environment, relative_path: str, *args: str, answer: str):
+    """Run a script with a pseudo-terminal as standard input, typing ``answer`` at its prompt."""
+    import pty
+    import subprocess
+
+    from conftest import PROJECT_ROOT
+
+    path = os.path.join(PROJECT_ROOT, "eas_controller", relative_path)
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([path, *args], cwd=os.path.dirname(path), env=environment.env, stdin=terminal,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, (answer + "\n").encode())
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return process.returncode, stdout, stderr
+
+
+def test_reset_on_a_terminal_asks_first(eas_sqlite, tmp_path):
+    eas_sqlite.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, {"task_list": [{"task": "null"}]}))
+    code, stdout, stderr = run_on_terminal(eas_sqlite, "database_initialisation/init_schema.py", "--reset", answer="no")
+    assert code == 2 and "not confirmed" in stderr and "dropped" not in stdout, stdout + stderr
+    assert table_counts(eas_sqlite.engine)["eas_tasks"] == 2
+    code, stdout, stderr = run_on_terminal(eas_sqlite, "database_initialisation/init_schema.py", "--reset", answer="reset")
+    assert code == 0 and "dropped all EAS tables" in stdout, stdout + stderr
+    assert table_counts(eas_sqlite.engine)["eas_tasks"] == 0
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(eas):
+    def set_version(value: str) -> None:
+        with eas.engine.begin() as connection:
+            connection.execute(schema.schema_info.update().values(value=value))
+
+    set_version("999")
+    try:
+        for path in ("database_initialisation/init_schema.py", "diagnostics/display_job_tree.py"):
+            result = eas.script(path, check=False)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert "999" in result.stderr and str(schema.SCHEMA_VERSION) in result.stderr, result.stderr
+    finally:  # the server databases are shared by the following tests
+        set_version(str(schema.SCHEMA_VERSION))
+
+
 def test_seed_flags_are_recorded_and_used_by_later_scripts(eas_mysql, tmp_path):
     url = sa.engine.make_url(eas_mysql.settings.database_url)
     environment = without_variables(eas_mysql, "EAS_DB_URL")
