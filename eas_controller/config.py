@@ -22,6 +22,7 @@ ENVIRONMENT_VARIABLES = {
     "db_url": "EAS_DB_URL",
     "queue": "EAS_QUEUE",
     "amqp_url": "EAS_AMQP_URL",
+    "amqp_queue_prefix": "EAS_AMQP_QUEUE_PREFIX",
     "data_dir": "EAS_DATA_DIR",
     "lease_seconds": "EAS_LEASE_SECONDS",
     "max_attempts": "EAS_MAX_ATTEMPTS",
@@ -43,6 +44,7 @@ class Settings:
     db_url: str | None = None  # None: SQLite file under data_dir
     queue: str = "sql"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    amqp_queue_prefix: str = "eas."  # RabbitMQ queue names: prefix + task type
     lease_seconds: float = 60.0
     max_attempts: int = 1
     scheduler_interval: float = 2.0
@@ -58,7 +60,7 @@ class Settings:
 
     def to_file_dict(self) -> dict[str, Any]:
         """The part that is worth remembering in the settings file."""
-        keys = ("db_url", "queue", "amqp_url", "lease_seconds", "max_attempts", "task_type_files")
+        keys = ("db_url", "queue", "amqp_url", "amqp_queue_prefix", "lease_seconds", "max_attempts", "task_type_files")
         return {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, [])}
 
 
@@ -77,6 +79,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError("%s: setting %r has an invalid value %r" % (source, name, value)) from None
     if name == "queue" and value not in QUEUE_IMPLEMENTATIONS:
         raise ConfigError("%s: queue must be one of %s, not %r" % (source, ", ".join(QUEUE_IMPLEMENTATIONS), value))
+    if name == "amqp_queue_prefix" and (not isinstance(value, str) or value.startswith("amq.") or len(value) > 100):
+        raise ConfigError("%s: amqp_queue_prefix must be a string of at most 100 characters not starting with "
+                          "'amq.' (reserved by RabbitMQ), not %r" % (source, value))
     if name == "task_type_files" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ConfigError("%s: task_type_files must be a list of file paths" % source)
     if name in ("lease_seconds", "scheduler_interval", "max_attempts") and value <= 0:

@@ -153,13 +153,14 @@ class Environment:
     @property
     def env(self) -> dict:
         environment = dict(os.environ)
-        for variable in ("EAS_QUEUE", "EAS_AMQP_URL", "EAS_LEASE_SECONDS", "EAS_MAX_ATTEMPTS"):
+        for variable in ("EAS_QUEUE", "EAS_AMQP_URL", "EAS_AMQP_QUEUE_PREFIX", "EAS_LEASE_SECONDS", "EAS_MAX_ATTEMPTS"):
             environment.pop(variable, None)
         environment.update(EAS_DB_URL=self.settings.database_url, EAS_DATA_DIR=self.settings.data_dir,
                            EAS_CONFIG=self.settings.settings_path, EAS_QUEUE=self.settings.queue,
                            EAS_LEASE_SECONDS=str(self.settings.lease_seconds),
                            EAS_MAX_ATTEMPTS=str(self.settings.max_attempts),
-                           EAS_AMQP_URL=self.settings.amqp_url, PYTHONUNBUFFERED="1")
+                           EAS_AMQP_URL=self.settings.amqp_url, EAS_AMQP_QUEUE_PREFIX=self.settings.amqp_queue_prefix,
+                           PYTHONUNBUFFERED="1")
         return environment
 
     def script(self, relative_path: str, *args: str, check: bool = True, timeout: float = 300,
@@ -188,6 +189,7 @@ def make_environment(backend: str, tmp_path, queue: str = "sql", **settings_valu
     url = database_url(backend, tmp_path)
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
+    settings_values.setdefault("amqp_queue_prefix", "eas_test_%s." % os.urandom(5).hex())  # never shared
     settings = Settings(data_dir=str(data_dir), db_url=url, queue=queue,
                         settings_path=str(tmp_path / "settings.yaml"), **settings_values)
     if queue == "amqp":

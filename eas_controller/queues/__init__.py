@@ -1,11 +1,14 @@
 """The job queue: one small interface, with the SQL queue and the AMQP (RabbitMQ) queue behind it.
 
 The database stays the truth with both: an attempt's state is always in SQL; a queue only carries the
-news that an attempt is waiting to be claimed.
+news that an attempt is waiting to be claimed. ``eas_attempts.queue`` records which queue carries each
+attempt (``sql``, ``amqp``, or ``amqp-new`` while RabbitMQ has not yet confirmed its message).
 """
 
 from eas_controller.queues.base import Queue
 from eas_controller.queues.sql import SqlQueue
+
+IMPLEMENTATIONS = ("sql", "amqp")
 
 
 def make_queue(settings, engine) -> Queue:
@@ -15,5 +18,5 @@ def make_queue(settings, engine) -> Queue:
     if settings.queue == "amqp":
         from eas_controller.queues.amqp import AmqpQueue
 
-        return AmqpQueue(engine, settings.amqp_url)
+        return AmqpQueue(engine, settings.amqp_url, settings.amqp_queue_prefix)
     raise ValueError("unknown queue implementation %r (use sql or amqp)" % settings.queue)

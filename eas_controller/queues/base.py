@@ -12,7 +12,9 @@ class Queue:
 
     ``enqueue`` runs inside the scheduler's promotion transaction; ``flush`` runs after it commits (a
     broker publishes only what the database has recorded). ``claim`` hands a worker up to ``limit``
-    attempts of the given task types, already marked running with a lease in SQL.
+    attempts of the given task types, already marked running with a lease in SQL. Whatever the carrier
+    holds, the attempt's state in SQL decides: claiming is conditional on the attempt still being queued,
+    so a duplicate or stale entry is dropped, never run twice.
     """
 
     name = "base"
@@ -31,6 +33,24 @@ class Queue:
 
     def remove(self, connection: Connection, attempt_ids: list[int]) -> None:
         """Take attempts out of the queue (they are being cancelled or moved)."""
+        raise NotImplementedError
+
+    def repair(self) -> int:
+        """Called by the scheduler each pass: re-send what the carrier never confirmed. Returns how many."""
+        return 0
+
+    def carried(self, task_types: Iterable[str]) -> dict[str, dict]:
+        """Per task type, what the carrier holds now: ``{"in_queue": n, "consumers": n or None}``."""
+        raise NotImplementedError
+
+    def resync(self, task_types: Iterable[str], condition, min_age: float = 0.0, dry_run: bool = False) -> dict:
+        """Make the carrier hold exactly the attempts SQL says are queued on it (a recovery operation).
+
+        ``condition`` (a SQL expression over attempts and tasks, or True) limits which queued attempts
+        are put back; attempts younger than ``min_age`` seconds are left alone (they may be in flight).
+        Returns ``{"messages": seen, "dropped": stale entries removed, "missing": [attempt ids],
+        "republished": n}``.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
