@@ -345,6 +345,41 @@ def test_requested_metadata_reaches_later_siblings(eas, tmp_path):
     assert json.loads(line) == {"metadata": {}, "requested_metadata": {"detect": {"outcome": "PASS", "snr": 7.5}}}
 
 
+def test_submission_reading_a_product_whose_producer_is_finishing_is_not_left_waiting(eas, tmp_path):
+    """A later job reads a file of an earlier job while that file's producer is committing its completion.
+
+    The completion is held open here (as a worker's transaction would be); the submission must either
+    wait for it and see the producer done, or write its dependency where the completion will release it.
+    """
+    from eas_controller import lifecycle, states
+    from eas_controller.chains import read_chain_file
+    from eas_controller.submission import submit_chain
+
+    first = submit(eas, {"working_directory": "shared", "task_list": [
+        {"task": "write_text", "name": "maker", "text": "x", "outputs": {"text": "made.txt"}}]}, tmp_path, "first.json")
+    maker = job_tasks(eas, first)["maker"]
+    chain, source = read_chain_file(write_chain(tmp_path, {"working_directory": "shared", "task_list": [
+        {"task": "concatenate", "name": "reader", "inputs": {"a": "made.txt"}, "outputs": {"joined": "read.txt"}}]},
+        "second.json"))
+    submitted = {}
+
+    def submit_second():
+        submitted["job"] = submit_chain(eas.engine, chain, source)[0]
+
+    with eas.engine.connect() as connection:
+        if eas.backend == "sqlite":
+            connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+        with connection.begin():  # the producer's completion, as a worker writes it: product first, then task
+            connection.execute(products.update().where(products.c.task_id == maker.id).values(state="made"))
+            lifecycle.finish_task(connection, maker.id, states.DONE)
+            thread = threading.Thread(target=submit_second)
+            thread.start()
+            thread.join(2)  # a submission that does not wait for the producer's row finishes here
+        thread.join(60)
+    assert not thread.is_alive() and "job" in submitted
+    assert job_tasks(eas, submitted["job"])["reader"].state == "ready"
+
+
 # -- dependency order ---------------------------------------------------------------------------------------
 
 def test_diamond_runs_in_dependency_order_on_two_workers(eas, tmp_path):
