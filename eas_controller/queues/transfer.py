@@ -107,6 +107,9 @@ def adopt_restored(engine: Engine, queue) -> dict:
     that still has a message in this broker gets a harmless duplicate). With the SQL queue, attempts the
     saved database had on RabbitMQ move into the SQL queue and missing queue rows are restored.
     """
+    with read_transaction(engine) as connection:
+        queued = connection.execute(sa.select(sa.func.count()).select_from(attempts)
+                                    .where(attempts.c.state == states.A_QUEUED)).scalar()
     if queue.name == CARRIED:
         def relabel(connection: Connection) -> None:
             connection.execute(attempts.update().where(attempts.c.state == states.A_QUEUED,
@@ -114,9 +117,9 @@ def adopt_restored(engine: Engine, queue) -> dict:
 
         run_transaction(engine, relabel)
         report = to_amqp(engine, queue)
-        return dict(handed=report["moved"], unconfirmed=report["unconfirmed"])
+        return dict(queued=queued, handed=report["moved"], unconfirmed=report["unconfirmed"])
     moved = to_sql(engine, queue, None)
     with read_transaction(engine) as connection:
         names = connection.execute(sa.select(task_types_table.c.name)).scalars().all()
     resynced = queue.resync(names, True)
-    return dict(handed=moved["moved"] + len(resynced["missing"]), unconfirmed=0)
+    return dict(queued=queued, handed=moved["moved"] + len(resynced["missing"]), unconfirmed=0)

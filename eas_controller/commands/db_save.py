@@ -1,0 +1,43 @@
+"""db_save.py: save the whole task database to one portable file (gzip-compressed JSON lines).
+
+Every table is read from one consistent snapshot, so the pipeline may keep running. The file records the
+schema version and restores into SQLite, MariaDB/MySQL or PostgreSQL with db_restore.py."""
+
+from __future__ import annotations
+
+from eas_controller import cli
+
+EPILOG = """examples:
+  ./db_save.py --output eas-2024-05-01.jsonl.gz
+  ./db_save.py --db-url mysql://root@127.0.0.1/eas --output backup.jsonl.gz"""
+
+
+def build_parser():
+    parser = cli.parser(__doc__, EPILOG)
+    parser.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write (.jsonl.gz)")
+    parser.add_argument("--quiet", action="store_true", help="do not list the tables")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return cli.run(lambda: save(args))
+
+
+def save(args) -> int:
+    import os
+
+    from eas_controller import backup
+    from eas_controller.config import redact_url
+
+    settings = cli.settings_from(args)
+    engine = cli.connect(settings)
+    progress = None if args.quiet else (lambda table, rows: print("  %-24s %10d rows" % (table, rows)))
+    print("saving %s" % redact_url(settings.database_url))
+    try:
+        counts = backup.save(engine, args.output, progress)
+    except (backup.BackupError, OSError) as error:
+        raise cli.CommandError(str(error)) from None
+    print("saved %d rows in %d tables to %s (%.1f MB)" % (sum(counts.values()), len(counts), args.output,
+                                                          os.path.getsize(args.output) / 1e6))
+    return 0
