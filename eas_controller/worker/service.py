@@ -78,6 +78,17 @@ class Capacity:
                 self.free[key] += need
 
 
+class AttemptStop:
+    """Tells a running attempt to stop: the worker is shutting down, or the attempt was cancelled."""
+
+    def __init__(self, shutdown: threading.Event):
+        self.shutdown = shutdown
+        self.cancelled = False
+
+    def is_set(self) -> bool:
+        return self.cancelled or self.shutdown.is_set()
+
+
 class Worker:
     def __init__(self, settings: Settings, engine: Engine, queue: Queue, name: str | None = None, concurrency: int = 1,
                  task_types: list[str] | None = None, cpus: float | None = None, gpus: int = 0,
@@ -105,6 +116,7 @@ class Worker:
         self.lease_seconds = settings.lease_seconds
         self.stopping = threading.Event()  # stop claiming
         self.kill_running = threading.Event()  # stop running attempts (after the grace period)
+        self.stops: dict[int, AttemptStop] = {}  # attempt id -> its stop signal (cancel_job.py sets one)
         self.work: queue_module.Queue = queue_module.Queue()
         self.running: dict[int, dict] = {}  # attempt id -> claim
         self.running_lock = threading.Lock()
@@ -227,11 +239,15 @@ class Worker:
     def _run_attempt(self, claim: dict, child: PythonChild) -> None:
         task_type = self.types[claim["task_type"]]
         prepared = prepare(claim, task_type, self.settings.data_dir)
-        if task_type.kind == "python":
-            metadata_in = {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
-            outcome = child.run(prepared, metadata_in, self.kill_running)
-        else:
-            outcome = run_command(prepared, self.nice, self.kill_running)
+        stop = self.stops[claim["attempt_id"]] = AttemptStop(self.kill_running)
+        try:
+            if task_type.kind == "python":
+                metadata_in = {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
+                outcome = child.run(prepared, metadata_in, stop)
+            else:
+                outcome = run_command(prepared, self.nice, stop)
+        finally:
+            self.stops.pop(claim["attempt_id"], None)
         outcome.log_lines = read_log_lines(prepared, time.time()) + outcome.log_lines
         release = self.kill_running.is_set() and not outcome.succeeded
         made = completion.inspect_outputs(prepared, outcome) if not release else {}
@@ -244,16 +260,19 @@ class Worker:
             attempts=0, on_retry=self._database_retry,
         )
         if result == completion.LOST:
-            self._report_lost(prepared)
+            self._report_lost(prepared, stop.cancelled)
         self.counts[{"succeeded": "succeeded", "failed": "failed"}.get(result, result)] += 1
         log.info("attempt %d (task %d, %s): %s in %.2f s", claim["attempt_id"], claim["task_id"], claim["task_type"],
                  result, outcome.wall_s)
         if not self.keep_scratch:
             shutil.rmtree(prepared.work_dir, ignore_errors=True)
 
-    def _report_lost(self, prepared) -> None:
+    def _report_lost(self, prepared, cancelled: bool = False) -> None:
         message = ("lost ownership of attempt %d: its lease expired and the task was given to another attempt; "
                    "the results of this run were discarded" % prepared.attempt_id)
+        if cancelled:
+            message = ("attempt %d was cancelled while it ran: the worker stopped it and discarded its results"
+                       % prepared.attempt_id)
         log.warning(message)
 
         def body(connection):
@@ -278,16 +297,24 @@ class Worker:
             attempt_ids = list(self.running)
 
         def body(connection):
+            cancelled = []
             if attempt_ids:
                 connection.execute(attempts.update().where(
                     attempts.c.id.in_(attempt_ids), attempts.c.state == states.A_RUNNING,
                     attempts.c.worker_id == self.record["id"],
                 ).values(lease_expires_at=now + self.lease_seconds))
+                cancelled = connection.execute(sa.select(attempts.c.id).where(
+                    attempts.c.id.in_(attempt_ids), attempts.c.state == states.A_CANCELLED)).scalars().all()
             connection.execute(workers.update().where(workers.c.id == self.record["id"]).values(
                 last_seen=now, free_slots=self.capacity.free_slots,
                 state="stopping" if self.stopping.is_set() else "running"))
+            return cancelled
 
-        run_transaction(self.engine, body, attempts=3)
+        for attempt_id in run_transaction(self.engine, body, attempts=3):  # cancelled (cancel_job.py): stop them
+            stop = self.stops.get(attempt_id)
+            if stop is not None and not stop.cancelled:
+                log.info("attempt %d was cancelled: stopping it", attempt_id)
+                stop.cancelled = True
 
     # -- shutdown ------------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
