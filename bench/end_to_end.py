@@ -280,10 +280,21 @@ def latency(services: Services, backend: str, links: int, workers: int = 2, queu
     ]
 
 
+def _guarded(name: str, backend: str, measure) -> list[Result]:
+    """One measurement; a failure (a worker that died, a run that timed out) becomes a ``failed`` row."""
+    try:
+        return measure()
+    except Exception as error:
+        return [Result("end_to_end", name, backend, None, "tasks/s", note="failed: %s" % str(error)[:300])]
+
+
 def run(services: Services, quick: bool = True, backends=BACKENDS, tasks: int | None = None,
         links: int | None = None, memory_tasks: int | None = None, default_slots: bool = False) -> list[Result]:
+    from bench.queue_claim import amqp_queue_available
+
     tasks = tasks or (5000 if quick else 20000)
     links = links or (30 if quick else 200)
+    timeout = max(180.0, tasks / 10.0)  # a run slower than 10 tasks/s is broken, not slow
     results = []
     for backend in backends:
         reason = unavailable_reason(services, backend)
@@ -291,20 +302,24 @@ def run(services: Services, quick: bool = True, backends=BACKENDS, tasks: int | 
             results.append(Result.skipped("end_to_end", "end to end: null tasks, 2 workers", backend, reason,
                                           "tasks/s", processes=2))
             continue
-        results += throughput(services, backend, tasks)
+        results += _guarded("end to end: null tasks, 2 workers", backend,
+                            lambda: throughput(services, backend, tasks, timeout=timeout))
         if default_slots and backend == "mariadb":
-            results += throughput(services, backend, tasks, slots=os.cpu_count() or 1)
+            slots = os.cpu_count() or 1
+            results += _guarded("end to end: null tasks, 2 workers x %d slots" % slots, backend,
+                                lambda: throughput(services, backend, tasks, slots=slots, timeout=timeout))
         if backend == "mariadb":
-            from bench.queue_claim import amqp_queue_available
-
+            name = "end to end through the AMQP queue: null tasks, 2 workers"
             if not amqp_queue_available() or unavailable_reason(services, "amqp"):
-                results.append(Result.skipped("end_to_end", "end to end through the AMQP queue", "amqp",
+                results.append(Result.skipped("end_to_end", name, "amqp",
                                               "no AMQP queue implementation or RabbitMQ unreachable", "tasks/s"))
             else:
-                results += throughput(services, backend, tasks, queue="amqp")
-        results += latency(services, backend, links)
+                results += _guarded(name, "amqp", lambda: throughput(services, backend, tasks, queue="amqp",
+                                                                     timeout=timeout))
+        results += _guarded("ready -> running latency", backend, lambda: latency(services, backend, links))
     if memory_tasks and "mariadb" in backends and not unavailable_reason(services, "mariadb"):
-        results += throughput(services, "mariadb", memory_tasks, memory=True)
+        results += _guarded("peak memory run", "mariadb", lambda: throughput(
+            services, "mariadb", memory_tasks, memory=True, timeout=max(600.0, memory_tasks / 10.0)))
     return results
 
 

@@ -180,7 +180,7 @@ def run_celery(services: Services, jobs: int, concurrency: int = 2, timeout: flo
 
 def run(services: Services, quick: bool = True, jobs: int | None = None, forking_jobs: int | None = None
         ) -> list[Result]:
-    jobs = jobs or (5000 if quick else 20000)
+    jobs = jobs or (3000 if quick else 20000)
     forking_jobs = forking_jobs or (500 if quick else 2000)
     results = []
     redis_reason = unavailable_reason(services, "redis")
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument("--jobs", type=int, help="jobs per peer (default 5,000 quick, 20,000 full)")
+    parser.add_argument("--jobs", type=int, help="jobs per peer (default 3,000 quick, 20,000 full)")
     parser.add_argument("--forking-jobs", type=int, help="jobs for RQ's forking Worker (default 500 quick, 2,000)")
     args = parser.parse_args(argv)
     print_results(run(Services.from_environment(), args.quick, args.jobs, args.forking_jobs))

@@ -40,14 +40,14 @@ DOCS_END = "<!-- bench/run_all.py: latest results (end) -->"
 
 
 def run_end_to_end(services: Services, quick: bool) -> list[Result]:
-    """Quick: 5,000 tasks on MariaDB (the target's back end), 2,000 on the others; full: 20,000 everywhere
+    """Quick: 3,000 tasks on MariaDB (the target's back end), 1,000 on the others; full: 20,000 everywhere
     and a 100,000-task MariaDB run sampling peak memory."""
     from bench import end_to_end
 
     if not quick:
         return end_to_end.run(services, quick=False, links=50, memory_tasks=100_000, default_slots=True)
-    return (end_to_end.run(services, quick=True, backends=("mariadb",), tasks=5000, links=20, default_slots=True)
-            + end_to_end.run(services, quick=True, backends=("postgresql", "sqlite"), tasks=2000, links=10))
+    return (end_to_end.run(services, quick=True, backends=("mariadb",), tasks=3000, links=20, default_slots=True)
+            + end_to_end.run(services, quick=True, backends=("postgresql", "sqlite"), tasks=1000, links=10))
 
 
 def run_suite(services: Services, quick: bool, only: set | None = None) -> list[Result]:
