@@ -260,3 +260,133 @@ def test_two_schedulers_promote_5000_ready_tasks_once(backend, tmp_path, cleanup
     assert len(per_task) == 5000 and {count for _task, count in per_task} == {1}
     assert len(rows) == len(set(rows)) == 5000
     assert dict(states) == {"queued": 5000}
+
+
+class CuttableProxy:
+    """A TCP proxy in front of RabbitMQ that the test can cut: every connection through it drops at once,
+    and new ones are refused for a while - a broker restart or a network failure, as clients see it."""
+
+    def __init__(self, host: str, port: int):
+        import socket
+        import threading
+
+        self.target = (host, port)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.open = True
+        self.sockets: list = []
+        self.lock = threading.Lock()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _address = self.server.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.open = False
+        self.cuts += 1
+        with self.lock:
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                except OSError:
+                    pass
+            self.sockets = []
+
+    def reopen(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_lost_broker_connection_is_retried(tmp_path, cleanup):
+    """Workers and the scheduler reach RabbitMQ through a proxy that drops every connection mid-run and
+    refuses new ones for 3 s: nobody crashes, what the scheduler could not publish is published once the
+    broker is back, and every task runs exactly once."""
+    import urllib.parse
+
+    from eas_controller.queues.amqp import AmqpQueue
+    from eas_controller.scheduler import Scheduler
+
+    environment = environment_for("amqp", "sqlite", tmp_path)
+    cleanup(environment)
+    parsed = urllib.parse.urlparse(environment.settings.amqp_url)
+    proxy = CuttableProxy(parsed.hostname or "127.0.0.1", parsed.port or 5672)
+    environment.settings.amqp_url = parsed._replace(netloc="%s@127.0.0.1:%d" % (
+        parsed.netloc.rpartition("@")[0], proxy.port)).geturl()
+    order_log = str(tmp_path / "ran.log")
+    submit(environment, record_tasks(order_log, 300), job_name="before")
+    queue = AmqpQueue(environment.engine, environment.settings.amqp_url, environment.settings.amqp_queue_prefix)
+    queue.repair_grace = 1.0
+    scheduler = Scheduler(environment.engine, queue)
+    workers = [environment.start_worker("--concurrency", "1", "--burst", "--poll-interval", "0.2") for _ in range(2)]
+    try:
+        deadline = time.time() + 120
+        while len(executions(order_log)) < 60:
+            scheduler.run_pass()
+            assert time.time() < deadline and all(w.poll() is None for w in workers)
+            time.sleep(0.05)
+        proxy.cut()
+        submit(environment, [dict(task="record_order", name="late%d" % i, order_log=order_log) for i in range(20)],
+               job_name="during")
+        for _ in range(3):
+            scheduler.run_pass()  # promotes; publishing fails: the attempts stay queued in SQL
+        with read_transaction(environment.engine) as connection:
+            unconfirmed = connection.execute(sa.select(sa.func.count()).select_from(attempts)
+                                             .where(attempts.c.queue == "amqp-new")).scalar()
+        assert unconfirmed == 20
+        time.sleep(3)
+        assert all(w.poll() is None for w in workers), "a worker died with the broker connection"
+        proxy.reopen()
+        while not all(w.poll() is not None for w in workers):
+            scheduler.run_pass()
+            assert time.time() < deadline, worker_log(workers[0])
+            time.sleep(0.05)
+    finally:
+        stop(workers)
+        queue.close()
+        proxy.close()
+    assert all(w.returncode == 0 for w in workers)
+    assert any("RabbitMQ connection lost" in open(w.log_path).read() for w in workers)
+    ran = executions(order_log)
+    assert len(ran) == 320 and set(ran.values()) == {1}
+    assert task_states(environment) == {"done": 320}

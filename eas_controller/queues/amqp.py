@@ -10,6 +10,9 @@
   running, with a lease) and only then acks. From there the lease protects the task, so a long task
   never meets RabbitMQ's consumer timeout. A message whose attempt is no longer ``queued`` (a duplicate,
   a redelivery after a crash, a cancelled task) is acked and dropped: consuming is idempotent.
+- After each claim the worker cancels its consumers (they start again, with the new number of free
+  slots, at its next claim), so a busy worker holds no messages that an idle one could run; a keepalive
+  thread answers the broker's heartbeats while it is busy.
 - A lost broker connection is retried with backoff; the worker and the scheduler keep running.
 
 Fault-injection hook (tests only): with ``EAS_TEST_CRASH_AFTER_DELIVERY=1`` in its environment, a worker
@@ -20,10 +23,12 @@ is how the tests show that such a message is redelivered and its task runs exact
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Iterable
 
@@ -36,7 +41,7 @@ from eas_controller.database.schema import attempts, task_types as task_types_ta
 from eas_controller.queues.base import Queue
 
 log = logging.getLogger("eas.queue.amqp")
-logging.getLogger("pika").setLevel(logging.ERROR)  # what matters is logged here, once and briefly
+logging.getLogger("pika").setLevel(logging.CRITICAL)  # what matters is logged here, once and briefly
 
 #: ``eas_attempts.queue`` of an attempt whose message the broker has confirmed / not yet confirmed.
 CARRIED = "amqp"
@@ -86,6 +91,18 @@ class Delivery:
     channel: object = None  # the channel it arrived on (acks go back on it)
 
 
+def _exclusive(method):
+    """One thread at a time uses the connection (pika's is not thread-safe): the caller, or the keepalive."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        lock = self.lock if isinstance(self, Broker) else self.broker.lock
+        with lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class _Unmanaged:
     """Marks a channel opened on pika's underlying connection: ``BlockingConnection.close()`` passes over it
     (closing the connection closes it) and never dispatches events for it (its callbacks run directly)."""
@@ -107,9 +124,14 @@ class Broker:
     and a claim costs a few milliseconds whatever the number of task types.
     """
 
+    KEEPALIVE_S = 10.0
+
     def __init__(self, url: str, prefix: str):
         self.url = url
         self.prefix = prefix
+        self.lock = threading.RLock()
+        self._keepalive_thread = None
+        self._shut = threading.Event()
         self.connection = None
         self.channel = None  # declaring, draining (blocking)
         self.consumers: dict[str, object] = {}  # task type -> its consuming channel (asynchronous)
@@ -129,11 +151,26 @@ class Broker:
     def is_open(self) -> bool:
         return self.connection is not None and self.connection.is_open
 
+    def _keepalive(self) -> None:
+        """Answer the broker's heartbeats while the owner is busy elsewhere (a worker whose slots are all
+        running long tasks does not claim, and so does not touch the connection, for hours)."""
+        while not self._shut.wait(self.KEEPALIVE_S):
+            with self.lock:
+                if self.connection is not None and self.connection.is_open:
+                    try:
+                        self.connection.process_data_events(0)
+                    except Exception:  # noqa: BLE001 - the next real use finds it closed and reconnects
+                        pass
+
+    @_exclusive
     def connect(self) -> None:
         import pika
 
         if self.is_open:
             return
+        if self._keepalive_thread is None:
+            self._keepalive_thread = threading.Thread(target=self._keepalive, name="amqp-keepalive", daemon=True)
+            self._keepalive_thread.start()
         self.close()
         parameters = pika.URLParameters(self.url)
         parameters.connection_attempts = 1
@@ -146,6 +183,12 @@ class Broker:
             self.connection = None
             raise BrokerError("cannot reach RabbitMQ at %s: %s" % (redact(self.url), describe(error))) from None
 
+    def shutdown(self) -> None:
+        """Close for good: the keepalive thread stops too."""
+        self._shut.set()
+        self.close()
+
+    @_exclusive
     def close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
         self.consumers, self.prefetch, self.interrupted = {}, {}, set()
@@ -157,6 +200,7 @@ class Broker:
                 pass
 
     # -- queues ----------------------------------------------------------------------------------------
+    @_exclusive
     def ensure_queue(self, task_type: str) -> None:
         """Declare the type's queue with our arguments, or use it as it is if it exists with others (for
         example a consumer timeout given to init_queues.py)."""
@@ -177,6 +221,7 @@ class Broker:
         channel.close()
         self.declared.add(name)
 
+    @_exclusive
     def declare(self, task_type: str, consumer_timeout_s: float | None = None) -> str:
         """Declare a type's queue with our arguments (init_queues); a clear error if it exists with others."""
         import pika.exceptions as errors
@@ -197,6 +242,7 @@ class Broker:
         self.declared.add(name)
         return "created" if result.method.message_count == 0 and result.method.consumer_count == 0 else "exists"
 
+    @_exclusive
     def depth(self, task_type: str) -> dict | None:
         """Ready messages and consumers of a type's queue, or None if the queue does not exist."""
         import pika.exceptions as errors
@@ -212,12 +258,14 @@ class Broker:
         channel.close()
         return dict(messages=result.method.message_count, consumers=result.method.consumer_count)
 
+    @_exclusive
     def delete_queue(self, task_type: str) -> None:
         self.connect()
         self.channel.queue_delete(self.queue_name(task_type))
         self.declared.discard(self.queue_name(task_type))
 
     # -- publishing ------------------------------------------------------------------------------------
+    @_exclusive
     def raw_channels(self, count: int) -> list:
         """Channels of the underlying connection: requests are sent without waiting for their replies."""
         self.connect()
@@ -235,6 +283,7 @@ class Broker:
     def raw_channel(self):
         return self.raw_channels(1)[0]
 
+    @_exclusive
     def consumer_channels(self, task_types: list[str]) -> dict:
         """One consuming channel per task type: pika sends a channel's requests one reply after another, so
         separate channels let the consumes of many queues go out together."""
@@ -272,6 +321,7 @@ class Broker:
         if properties.message_id and properties.message_id.isdigit():
             self._returned.add(int(properties.message_id))
 
+    @_exclusive
     def publish(self, entries: list[dict], timeout: float = 60.0) -> list[int]:
         """Publish one persistent message per attempt; returns the attempt ids the broker confirmed."""
         import pika
@@ -305,6 +355,7 @@ class Broker:
                 if tag not in self._nacked and attempt_id not in self._returned]
 
     # -- draining (recovery) -------------------------------------------------------------------------
+    @_exclusive
     def drain(self, task_types: Iterable[str]):
         """Take every ready message of these types' queues onto a private channel (unacknowledged).
 
@@ -352,6 +403,7 @@ class AmqpQueue(Queue):
         self.engine = engine
         self.broker = Broker(url, prefix)
         self.consume_wait = consume_wait
+        self.repair_grace = _REPAIR_GRACE_S  # another scheduler may be publishing attempts this young
         self._pending: list[dict] = []  # enqueued in the open transaction, published by flush()
         self._removed_types: set[str] = set()  # queues to sweep of messages for removed attempts
         self._retry_at = 0.0
@@ -378,6 +430,7 @@ class AmqpQueue(Queue):
         self._pending = []
         self._removed_types = set()
 
+    @_exclusive
     def flush(self) -> None:
         pending, self._pending = self._pending, []
         removed, self._removed_types = self._removed_types, set()
@@ -394,6 +447,7 @@ class AmqpQueue(Queue):
                             "delivery", describe(error))
                 self.broker.close()
 
+    @_exclusive
     def publish(self, entries: list[dict]) -> int:
         """Publish now; what the broker does not confirm stays ``amqp-new`` in SQL for :meth:`repair`."""
         confirmed: list[int] = []
@@ -408,12 +462,13 @@ class AmqpQueue(Queue):
             return 0
         self._retry_delay = 0.5
         if len(confirmed) < len(entries):
-            self._next_repair = min(self._next_repair, time.time() + _REPAIR_GRACE_S)
+            self._next_repair = min(self._next_repair, time.time() + self.repair_grace)
             log.warning("RabbitMQ refused %d message(s); they are published again later", len(entries) - len(confirmed))
         if confirmed:
             mark_carried(self.engine, confirmed)
         return len(confirmed)
 
+    @_exclusive
     def repair(self) -> int:
         """Publish attempts queued in SQL whose message the broker never confirmed (checked every 30 s, and
         soon after a failed publish). Returns how many were published."""
@@ -424,7 +479,7 @@ class AmqpQueue(Queue):
         total = 0
         while True:
             with read_transaction(self.engine) as connection:
-                rows = unconfirmed_attempts(connection, time.time() - _REPAIR_GRACE_S)
+                rows = unconfirmed_attempts(connection, time.time() - self.repair_grace)
             if not rows:
                 break
             published = self.publish(rows)
@@ -442,6 +497,31 @@ class AmqpQueue(Queue):
         types = sorted(task_types) if task_types is not None else self.registered_types()
         if not types or time.time() < self._retry_at:
             return []
+        with self.broker.lock:
+            taken = self._receive(types, limit)
+        if not taken:
+            return []
+        ids = [delivery.attempt_id for delivery in taken if delivery.attempt_id is not None]
+        claimed = run_transaction(
+            self.engine, lambda connection: lifecycle.start_attempts(connection, ids, worker, lease_seconds), attempts=0)
+        with self.broker.lock:
+            try:
+                # free slots changed: stop consuming (before acking, or the ack would make room for another
+                # delivery to a consumer about to go) and give back what arrived beyond the limit
+                self._stop_consuming()
+                for delivery in taken:  # the claim is committed: from here the lease protects the task
+                    delivery.channel.basic_ack(delivery.tag)
+                self.broker.connection.process_data_events(0)  # send the acks now
+            except _connection_errors() as error:
+                self._lost_connection(error)
+        got = {claim["attempt_id"] for claim in claimed}
+        dropped = [delivery.attempt_id for delivery in taken if delivery.attempt_id not in got]
+        if dropped:
+            log.info("dropped %d message(s) whose attempt is no longer queued: %s", len(dropped), dropped[:20])
+        return claimed
+
+    def _receive(self, types: list[str], limit: int) -> list[Delivery]:
+        """Up to ``limit`` deliveries (highest priority first), waiting briefly for the first one."""
         try:
             self._consume(types, limit)
             deadline = time.time() + self.consume_wait
@@ -453,30 +533,13 @@ class AmqpQueue(Queue):
         except (BrokerError,) + _connection_errors() as error:
             self._lost_connection(error)
             return []
-        if not self._buffer:
-            return []
-        if os.environ.get(CRASH_HOOK) == "1":
+        self._retry_delay = 0.5  # the broker answers: the next outage starts its backoff afresh
+        if self._buffer and os.environ.get(CRASH_HOOK) == "1":
             log.warning("%s=1: killing this worker after a delivery, before its claim commits", CRASH_HOOK)
             os.kill(os.getpid(), signal.SIGKILL)
         self._buffer.sort(key=lambda delivery: (-delivery.priority, delivery.order))
         taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
-        ids = [delivery.attempt_id for delivery in taken if delivery.attempt_id is not None]
-        claimed = run_transaction(
-            self.engine, lambda connection: lifecycle.start_attempts(connection, ids, worker, lease_seconds), attempts=0)
-        try:
-            # free slots changed: stop consuming (before acking, or the ack would make room for another
-            # delivery to a consumer about to go) and give back what arrived beyond the limit
-            self._stop_consuming()
-            for delivery in taken:  # the claim is committed: from here the lease protects the task
-                delivery.channel.basic_ack(delivery.tag)
-            self.broker.connection.process_data_events(0)  # send the acks now
-        except _connection_errors() as error:
-            self._lost_connection(error)
-        got = {claim["attempt_id"] for claim in claimed}
-        dropped = [delivery.attempt_id for delivery in taken if delivery.attempt_id not in got]
-        if dropped:
-            log.info("dropped %d message(s) whose attempt is no longer queued: %s", len(dropped), dropped[:20])
-        return claimed
+        return taken
 
     def registered_types(self) -> list[str]:
         """Every task type in the registry (a worker that runs them all); refreshed each minute."""
@@ -540,15 +603,17 @@ class AmqpQueue(Queue):
             self._removed_types.update(connection.execute(
                 sa.select(attempts.c.task_type).where(attempts.c.id.in_(chunk)).distinct()).scalars())
 
+    @_exclusive
     def close(self) -> None:
         if self._consumers and self.broker.is_open:
             try:
                 self._stop_consuming()
             except _connection_errors():
                 pass
-        self.broker.close()
+        self.broker.shutdown()
 
     # -- recovery ----------------------------------------------------------------------------------------
+    @_exclusive
     def carried(self, task_types: Iterable[str]) -> dict[str, dict]:
         result = {}
         for task_type in task_types:
@@ -561,6 +626,7 @@ class AmqpQueue(Queue):
         """Drop the messages of these queues whose attempt is no longer queued on RabbitMQ."""
         return self.resync(task_types, None)
 
+    @_exclusive
     def resync(self, task_types: Iterable[str], condition, min_age: float = 0.0, dry_run: bool = False) -> dict:
         """Drain the queues, drop messages whose attempt is not queued here (or that duplicate another), put
         the rest back, and publish queued attempts matching ``condition`` that had no message.
