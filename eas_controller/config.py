@@ -26,6 +26,7 @@ ENVIRONMENT_VARIABLES = {
     "data_dir": "EAS_DATA_DIR",
     "lease_seconds": "EAS_LEASE_SECONDS",
     "max_attempts": "EAS_MAX_ATTEMPTS",
+    "retry_backoff_s": "EAS_RETRY_BACKOFF_SECONDS",
     "scheduler_interval": "EAS_SCHEDULER_INTERVAL",
 }
 
@@ -47,6 +48,7 @@ class Settings:
     amqp_queue_prefix: str = "eas."  # RabbitMQ queue names: prefix + task type
     lease_seconds: float = 60.0
     max_attempts: int = 1
+    retry_backoff_s: float = 5.0  # wait before the 2nd attempt of a task; doubles for each further one
     scheduler_interval: float = 2.0
     task_type_files: list[str] = dataclasses.field(default_factory=list)
     settings_path: str | None = None  # where these settings were read from / will be saved
@@ -60,7 +62,8 @@ class Settings:
 
     def to_file_dict(self) -> dict[str, Any]:
         """The part that is worth remembering in the settings file."""
-        keys = ("db_url", "queue", "amqp_url", "amqp_queue_prefix", "lease_seconds", "max_attempts", "task_type_files")
+        keys = ("db_url", "queue", "amqp_url", "amqp_queue_prefix", "lease_seconds", "max_attempts", "retry_backoff_s",
+                "task_type_files")
         return {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, [])}
 
 
@@ -72,7 +75,7 @@ def default_settings_path(environ: Mapping[str, str]) -> str:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    field_types = {"lease_seconds": float, "max_attempts": int, "scheduler_interval": float}
+    field_types = {"lease_seconds": float, "max_attempts": int, "scheduler_interval": float, "retry_backoff_s": float}
     try:
         value = field_types.get(name, lambda v: v)(value)
     except (TypeError, ValueError):
@@ -86,6 +89,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError("%s: task_type_files must be a list of file paths" % source)
     if name in ("lease_seconds", "scheduler_interval", "max_attempts") and value <= 0:
         raise ConfigError("%s: setting %r must be positive, not %r" % (source, name, value))
+    if name == "retry_backoff_s" and value < 0:
+        raise ConfigError("%s: setting %r must not be negative, not %r" % (source, name, value))
     return value
 
 

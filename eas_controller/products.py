@@ -1,9 +1,12 @@
 """File products: where they live, how they are staged, checked and recorded.
 
-An implementation writes its outputs into a private staging folder; only after success are they moved
-to ``<data dir>/<working_directory>/<filename>``, so a failed or duplicated attempt never leaves a
+An implementation writes its outputs into a private staging folder; only after success, and only inside
+the completion transaction that has checked the worker still owns the attempt, are they moved to
+``<data dir>/<working_directory>/<filename>``, so a failed, late or duplicated attempt never leaves a
 half-written file where readers look. Every move is recorded as a product version (path, size, md5,
-QC state); an earlier version's row is kept, never overwritten silently.
+QC state); an earlier version's row is kept, never overwritten silently (the file on disk is the newest).
+A product that fails its QC check is not moved there: it goes to ``<data dir>/failed_qc/attempt_<id>/``
+for inspection, its version row says ``qc_state = failed`` and the product ``state = failed_qc``.
 """
 
 from __future__ import annotations
@@ -45,8 +48,91 @@ def publish(staged: str, final: str) -> None:
     os.replace(temporary, final)
 
 
+def quarantine_path(data_dir: str, attempt_id: int, relative_path: str) -> str:
+    """Where a product that failed QC is kept for inspection (never where readers look)."""
+    return os.path.join(data_dir, "failed_qc", "attempt_%d" % attempt_id, relative_path)
+
+
+class Publication:
+    """The files one completion moved into place, so that they can be taken back.
+
+    The completion transaction publishes before it commits. If the commit's reply is lost with the
+    connection and the retry finds the attempt no longer ours (its lease expired meanwhile), the files
+    must not stay: :meth:`undo` puts back what was there before, unless a newer file already replaced
+    ours. An earlier version is kept as a hard link until :meth:`commit`.
+    """
+
+    def __init__(self) -> None:
+        self.moves: list[dict] = []
+        self.tried = False  # a completion transaction has been attempted (for telling a lost reply apart)
+
+    def publish(self, staged: str, final: str) -> None:
+        for move in self.moves:
+            if move["final"] == final and _inode(final) == move["inode"]:
+                return  # an earlier try of this transaction already put it there
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        backup = None
+        if os.path.exists(final):
+            backup = "%s.previous-%s" % (final, uuid.uuid4().hex[:8])
+            try:
+                os.link(final, backup)
+            except OSError:  # no hard links here: an undo then removes instead of restoring
+                backup = None
+        temporary = "%s.partial-%s" % (final, uuid.uuid4().hex[:8])
+        shutil.move(staged, temporary)
+        inode = _inode(temporary)
+        os.replace(temporary, final)
+        self.moves.append(dict(final=final, inode=inode, backup=backup))
+
+    def quarantine(self, staged: str, path: str) -> None:
+        if os.path.exists(staged):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            shutil.move(staged, path)
+
+    def commit(self) -> None:
+        for move in self.moves:
+            if move["backup"]:
+                _remove(move["backup"])
+        self.moves = []
+
+    def undo(self) -> int:
+        """Take back the files this completion published; returns how many were taken back."""
+        undone = 0
+        for move in reversed(self.moves):
+            if _inode(move["final"]) == move["inode"]:
+                if move["backup"]:
+                    os.replace(move["backup"], move["final"])
+                else:
+                    _remove(move["final"])
+                undone += 1
+            elif move["backup"]:
+                _remove(move["backup"])
+        self.moves = []
+        return undone
+
+
+def _inode(path: str):
+    """What identifies the file at ``path`` now (inode numbers alone are reused)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def record_versions(connection: Connection, task_id: int, attempt_id: int, made: dict[str, dict]) -> None:
-    """Record each output (semantic type -> {path, size, md5, qc_state, qc_message}) as a new version."""
+    """Record each output (semantic type -> {path, size, md5, qc_state, qc_message, state}) as a new version.
+
+    ``state`` is what the product becomes: ``made`` (published), ``failed_qc``, or None to keep the
+    product as it was (a file that passed QC in an attempt that failed on another output).
+    """
     if not made:
         return
     planned = {
@@ -66,7 +152,8 @@ def record_versions(connection: Connection, task_id: int, attempt_id: int, made:
                 qc_state=facts.get("qc_state", "unchecked"), qc_message=facts.get("qc_message"), created_at=now,
             )
         ).inserted_primary_key[0]
-        state = "failed_qc" if facts.get("qc_state") == "failed" else "made"
-        connection.execute(
-            products.update().where(products.c.id == product_id).values(state=state, latest_version_id=version_id)
-        )
+        state = facts.get("state", "failed_qc" if facts.get("qc_state") == "failed" else "made")
+        if state is not None:
+            connection.execute(
+                products.update().where(products.c.id == product_id).values(state=state, latest_version_id=version_id)
+            )

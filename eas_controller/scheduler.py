@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from eas_controller import lifecycle, states
 from eas_controller.chains import DO_WHILE, ChainError, evaluate_late_fields, expand_control_task
 from eas_controller.database.engine import is_retryable, run_transaction
-from eas_controller.database.schema import attempts, task_dependencies, tasks
+from eas_controller.database.schema import attempts, log_lines, task_dependencies, tasks
 from eas_controller.queues.base import Queue
 from eas_controller.registry import load_registry
 from eas_controller.submission import write_plan
@@ -193,30 +193,40 @@ class Scheduler:
 
     # -- leases --------------------------------------------------------------------------------------
     def recover_stalled(self, result: PassResult) -> None:
-        """Running attempts whose lease expired become stalled; their tasks retry or fail."""
+        """Running attempts whose lease expired become stalled (the reason kept); their tasks retry or fail.
+
+        The row lock taken here is the same one a worker's completion takes, so a worker that comes back
+        either records its result before this (the attempt is no longer running) or finds it stalled and
+        discards its result.
+        """
 
         def body(connection: Connection) -> None:
             now = time.time()
             rows = connection.execute(
-                sa.select(attempts.c.id, attempts.c.task_id, attempts.c.worker_name, attempts.c.lease_expires_at)
+                sa.select(attempts.c.id, attempts.c.task_id, attempts.c.number, attempts.c.worker_name, attempts.c.host,
+                          attempts.c.pid, attempts.c.lease_expires_at)
                 .where(attempts.c.state == states.A_RUNNING, attempts.c.lease_expires_at < now)
+                .order_by(attempts.c.lease_expires_at)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                reason = "lease expired at %s: worker %s stopped renewing it" % (
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.lease_expires_at)), row.worker_name)
+                reason = "lease expired at %s: worker %s (host %s, pid %s) stopped renewing it" % (
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.lease_expires_at)), row.worker_name,
+                    row.host, row.pid)
                 connection.execute(
                     attempts.update().where(attempts.c.id == row.id, attempts.c.state == states.A_RUNNING)
                     .values(state=states.A_STALLED, ended_at=now, error_text=reason)
                 )
+                write_note(connection, row.id, row.task_id, "WARNING", "attempt %d stalled: %s" % (row.number, reason))
                 result.stalled += 1
-                if self.retry_or_fail(connection, row.task_id, reason, now):
+                log.warning("attempt %d (task %d) stalled: %s", row.id, row.task_id, reason)
+                if self.retry_or_fail(connection, row.task_id, reason, now, attempt_id=row.id):
                     result.retried += 1
                 else:
                     result.failed += 1
 
-        run_transaction(self.engine, body)
+        run_transaction(self.engine, body, on_retry=_log_database_retry)
 
     def status_line(self, result: PassResult) -> str:
         """Counting the tasks reads every unfinished one (~0.1 s per 100,000 waiting on MariaDB), so the counts
@@ -232,9 +242,11 @@ class Scheduler:
             self._counts = (now, time.perf_counter() - started, counts)
         return status_line(self.engine, result, self._counts[2])
 
-    def retry_or_fail(self, connection: Connection, task_id: int, reason: str, now: float) -> bool:
+    def retry_or_fail(self, connection: Connection, task_id: int, reason: str, now: float,
+                      attempt_id: int | None = None) -> bool:
         """Give the task another attempt (with exponential backoff) if it has attempts left; else fail it."""
-        return retry_or_fail(connection, task_id, reason, now, self.default_max_attempts, self.retry_backoff_s)
+        return retry_or_fail(connection, task_id, reason, now, self.default_max_attempts, self.retry_backoff_s,
+                             attempt_id=attempt_id)
 
 
 def requested_metadata_in_scope(connection: Connection, task_id: int) -> dict[str, dict]:
@@ -256,24 +268,50 @@ def _is_database_error(error: BaseException) -> bool:
     return is_retryable(error)
 
 
+#: The longest wait between two attempts of a task, however many failed before.
+MAX_RETRY_BACKOFF_S = 3600.0
+
+
 def retry_or_fail(connection: Connection, task_id: int, reason: str, now: float, default_max_attempts: int,
-                  backoff_s: float) -> bool:
-    """Shared by the scheduler (stalled attempts) and workers (failed attempts)."""
+                  backoff_s: float, attempt_id: int | None = None) -> bool:
+    """Shared by the scheduler (stalled attempts) and workers (failed attempts).
+
+    While the task has attempts left (its type's ``max_attempts``, else the setting ``max_attempts``) it
+    becomes ready again, not before ``backoff_s * 2**(n-1)`` seconds after its n-th attempt ended; else
+    it fails with the reason and the count. The attempts stay as its history. With ``attempt_id`` the
+    decision is also written to that attempt's log.
+    """
     task = connection.execute(
         sa.select(tasks.c.attempt_count, tasks.c.max_attempts).where(tasks.c.id == task_id)
     ).one()
     limit = task.max_attempts or default_max_attempts
     if task.attempt_count < limit:
-        delay = backoff_s * (2 ** max(0, task.attempt_count - 1))
+        delay = min(MAX_RETRY_BACKOFF_S, backoff_s * (2 ** max(0, task.attempt_count - 1)))
         connection.execute(
             tasks.update().where(tasks.c.id == task_id)
             .values(state=states.READY, not_before=now + delay, error_text=reason, updated_at=now)
         )
+        if attempt_id is not None:
+            write_note(connection, attempt_id, task_id, "INFO", "the task will be retried in %.3g s (%d of %d "
+                       "attempts used)" % (delay, task.attempt_count, limit))
         return True
     lifecycle.finish_task(
         connection, task_id, states.FAILED, "%s (attempt %d of %d)" % (reason, task.attempt_count, limit)
     )
+    if attempt_id is not None:
+        write_note(connection, attempt_id, task_id, "ERROR", "no attempts left (%d of %d used): the task failed"
+                   % (task.attempt_count, limit))
     return False
+
+
+def write_note(connection: Connection, attempt_id: int, task_id: int, severity: str, message: str) -> None:
+    """A line in an attempt's log written by the controller itself (stream ``system``)."""
+    connection.execute(log_lines.insert().values(attempt_id=attempt_id, task_id=task_id, created_at=time.time(),
+                                                 severity=severity, stream="system", message=message[:60000]))
+
+
+def _log_database_retry(error: BaseException, delay: float) -> None:
+    log.warning("database unavailable (%s); retrying in %.1f s", str(error).splitlines()[0][:200], delay)
 
 
 def _status_counts(connection: Connection) -> dict[str, int]:
@@ -287,8 +325,11 @@ def status_line(engine: Engine, result: PassResult, counts: dict[str, int] | Non
     """One line for a screen session: what this pass did and where the work stands."""
     from eas_controller.database.engine import read_transaction
 
+    from eas_controller.worker.resources import describe_unmet, unmet_needs
+
     with read_transaction(engine) as connection:
         counts = _status_counts(connection) if counts is None else counts
+        unmet = describe_unmet(unmet_needs(connection))
     parts = ["promoted %d" % result.promoted]
     for label, value in (("expanded", result.expanded), ("loops/chains finished", result.finished_control),
                          ("failed", result.failed), ("stalled", result.stalled), ("retried", result.retried),
@@ -298,4 +339,6 @@ def status_line(engine: Engine, result: PassResult, counts: dict[str, int] | Non
     parts.append("now: %d waiting, %d ready, %d queued, %d running" % tuple(
         counts.get(state, 0) for state in (states.WAITING, states.READY, states.QUEUED, states.RUNNING))
         + (", %d held" % counts[states.HELD] if counts.get(states.HELD) else ""))
+    if unmet:
+        parts.append(unmet)
     return ", ".join(parts)

@@ -153,12 +153,14 @@ class Environment:
     @property
     def env(self) -> dict:
         environment = dict(os.environ)
-        for variable in ("EAS_QUEUE", "EAS_AMQP_URL", "EAS_AMQP_QUEUE_PREFIX", "EAS_LEASE_SECONDS", "EAS_MAX_ATTEMPTS"):
+        for variable in ("EAS_QUEUE", "EAS_AMQP_URL", "EAS_AMQP_QUEUE_PREFIX", "EAS_LEASE_SECONDS", "EAS_MAX_ATTEMPTS",
+                         "EAS_RETRY_BACKOFF_SECONDS"):
             environment.pop(variable, None)
         environment.update(EAS_DB_URL=self.settings.database_url, EAS_DATA_DIR=self.settings.data_dir,
                            EAS_CONFIG=self.settings.settings_path, EAS_QUEUE=self.settings.queue,
                            EAS_LEASE_SECONDS=str(self.settings.lease_seconds),
                            EAS_MAX_ATTEMPTS=str(self.settings.max_attempts),
+                           EAS_RETRY_BACKOFF_SECONDS=str(self.settings.retry_backoff_s),
                            EAS_AMQP_URL=self.settings.amqp_url, EAS_AMQP_QUEUE_PREFIX=self.settings.amqp_queue_prefix,
                            PYTHONUNBUFFERED="1")
         return environment
@@ -185,8 +187,10 @@ class Environment:
         return process
 
 
-def make_environment(backend: str, tmp_path, queue: str = "sql", **settings_values) -> Environment:
-    url = database_url(backend, tmp_path)
+def make_environment(backend: str, tmp_path, queue: str = "sql", url: str | None = None,
+                     **settings_values) -> Environment:
+    """``url``: a database of ``backend`` to use instead of the shared service (e.g. a private server)."""
+    url = url or database_url(backend, tmp_path)
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
     settings_values.setdefault("amqp_queue_prefix", "eas_test_%s." % os.urandom(5).hex())  # never shared

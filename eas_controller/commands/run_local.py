@@ -73,7 +73,8 @@ def run_local(args) -> int:
                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
             ))
     print("started %d workers (logs in %s)" % (args.workers, log_dir))
-    scheduler = Scheduler(engine, make_queue(settings, engine), settings.max_attempts)
+    scheduler = Scheduler(engine, make_queue(settings, engine), settings.max_attempts,
+                          retry_backoff_s=settings.retry_backoff_s)
     started = time.time()
     timed_out = False
     try:

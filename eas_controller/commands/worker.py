@@ -23,11 +23,14 @@ def build_parser():
     parser.add_argument("--task-types", help="comma-separated task types to run (default: all registered)")
     parser.add_argument("--burst", action="store_true", help="exit when nothing is left that this worker could run")
     parser.add_argument("--cpus", type=float, default=None, help="cpus this worker offers (default: the machine's)")
-    parser.add_argument("--gpus", type=int, default=0, help="gpus this worker offers (default 0)")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="gpus this worker offers (default: CUDA_VISIBLE_DEVICES, else the NVIDIA GPUs present)")
     parser.add_argument("--memory-gb", type=float, default=None, help="memory offered (default: the machine's)")
-    parser.add_argument("--nice", type=int, default=0, help="niceness added to task processes (default 0)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness added to task processes, to keep the machine responsive (default 0)")
     parser.add_argument("--grace-period", type=float, default=30.0,
-                        help="seconds running tasks get to finish after SIGTERM (default 30)")
+                        help="seconds running tasks get to finish after SIGTERM before they are stopped and released "
+                             "back to the queue (default 30)")
     parser.add_argument("--lease-seconds", type=float, default=None,
                         help="lease length (default: setting lease_seconds / EAS_LEASE_SECONDS, 60)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="longest idle wait between claims (s)")
@@ -53,7 +56,7 @@ def work(args) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise cli.CommandError("--%s must be positive" % flag.replace("_", "-"))
-    if args.gpus < 0:
+    if args.gpus is not None and args.gpus < 0:
         raise cli.CommandError("--gpus must not be negative")
     cpus = args.cpus if args.cpus is not None else float(os.cpu_count() or 1)
     concurrency = args.concurrency or max(1, int(cpus))

@@ -10,6 +10,7 @@ Deadlocks and lock timeouts are retried by :func:`run_transaction`, lost connect
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -140,6 +141,9 @@ def run_transaction(
             delay = min(max_delay, 0.02 * (2 ** min(tried, 10))) * (0.5 + random.random())
             if on_retry:
                 on_retry(error, delay)
+            elif delay >= 1.0:  # not a passing deadlock: say so
+                logging.getLogger("eas.database").warning(
+                    "database unavailable (%s); retrying in %.1f s", str(error.orig).splitlines()[0][:200], delay)
             time.sleep(delay)
 
 

@@ -1,30 +1,38 @@
 """Running one attempt in a child process, per the implementation contract.
 
 The child receives ``EAS_TASK_ID``, ``EAS_ATTEMPT_ID``, ``EAS_TASK_DESCRIPTION``, ``EAS_INPUT_<TYPE>``,
-``EAS_OUTPUT_<TYPE>``, ``EAS_METADATA_IN``, ``EAS_METADATA_OUT``, ``EAS_WORK_DIR`` and ``EAS_CPUS``.
-``python:`` implementations run in a reusable child (see :mod:`.pool`); ``command:`` implementations
-are a fresh ``/bin/sh -c`` in their own process group. Success = exit status 0 and every declared
-output present. Output goes to files in the attempt's private folder and becomes log lines afterwards.
+``EAS_OUTPUT_<TYPE>``, ``EAS_METADATA_IN``, ``EAS_METADATA_OUT``, ``EAS_WORK_DIR``, ``EAS_CPUS`` and, on a
+worker with GPUs, ``EAS_GPUS`` and ``CUDA_VISIBLE_DEVICES``. ``python:`` implementations run in a
+reusable child (see :mod:`.pool`); ``command:`` implementations are a fresh ``/bin/sh -c`` in their own
+process group. Success = exit status 0 and every declared output present. Output is read from pipes as
+it comes, so each log line carries the time it was printed. A timeout or a stop kills the whole process
+group (SIGTERM, then SIGKILL after a grace period), and any descendant that left the group.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
 import os
+import selectors
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 from eas_controller import products
 from eas_controller.registry import TaskType
+from eas_controller.worker.logs import LogBuffer, PipeLines, read_available
 
-MAX_LOG_LINES_PER_STREAM = 20_000
-MAX_LOG_LINE_LENGTH = 4_000
+#: Seconds between SIGTERM and SIGKILL when a task is stopped or times out.
 KILL_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: children then outlive a worker killed with SIGKILL
+    _prctl = None
 
 
 @dataclasses.dataclass
@@ -38,9 +46,11 @@ class Outcome:
     cpu_s: float = 0.0
     cpu_children_s: float = 0.0
     metadata: dict = dataclasses.field(default_factory=dict)
-    log_lines: list = dataclasses.field(default_factory=list)  # (time, severity, stream, message)
+    log_lines: list = dataclasses.field(default_factory=list)  # (time, severity, stream, message), if no LogBuffer
     outputs: dict = dataclasses.field(default_factory=dict)  # semantic type -> staged path
     timed_out: bool = False
+    stopped: bool = False  # stopped by the worker (shutdown, cancellation, lost ownership)
+    failed_qc: bool = False
 
 
 @dataclasses.dataclass
@@ -57,9 +67,11 @@ class PreparedAttempt:
     description_path: str
     metadata_in_path: str
     metadata_out_path: str
-    stdout_path: str
-    stderr_path: str
-    description: dict
+    stdout_path: str = ""  # unused: output is streamed into ``logs``
+    stderr_path: str = ""
+    description: dict = dataclasses.field(default_factory=dict)
+    logs: LogBuffer = dataclasses.field(default_factory=LogBuffer)
+    data_dir: str = ""
 
     @property
     def attempt_id(self) -> int:
@@ -71,8 +83,12 @@ def _variable_name(prefix: str, semantic_type: str) -> str:
     return prefix + cleaned
 
 
-def prepare(claim: dict, task_type: TaskType, data_dir: str) -> PreparedAttempt:
-    """Make the attempt's private folder, its JSON files and its environment."""
+def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] | None = None,
+            logs: LogBuffer | None = None) -> PreparedAttempt:
+    """Make the attempt's private folder, its JSON files and its environment.
+
+    ``gpu_ids``: the devices this attempt may use, or None on a worker without GPUs.
+    """
     work_dir = os.path.join(data_dir, "scratch", "attempt_%d" % claim["attempt_id"])
     if os.path.exists(work_dir):
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -88,7 +104,7 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str) -> PreparedAttempt:
         final_outputs[semantic] = products.product_path(data_dir, relative)
         os.makedirs(os.path.dirname(outputs[semantic]), exist_ok=True)
     paths = {name: os.path.join(work_dir, name) for name in
-             ("description.json", "metadata_in.json", "metadata_out.json", "stdout.log", "stderr.log")}
+             ("description.json", "metadata_in.json", "metadata_out.json")}
     with open(paths["description.json"], "w") as handle:
         json.dump(description, handle, indent=1)
     with open(paths["metadata_in.json"], "w") as handle:
@@ -103,6 +119,9 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str) -> PreparedAttempt:
         "EAS_CPUS": str(max(1, int(math.ceil(task_type.cpu)))),
         "EAS_DATA_DIR": data_dir,
     }
+    if gpu_ids is not None:
+        environment["EAS_GPUS"] = str(len(gpu_ids))
+        environment["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     for semantic, path in inputs.items():
         environment[_variable_name("EAS_INPUT_", semantic)] = path
     for semantic, path in outputs.items():
@@ -111,7 +130,7 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str) -> PreparedAttempt:
         claim=claim, task_type=task_type, work_dir=work_dir, environment=environment, inputs=inputs, outputs=outputs,
         final_outputs=final_outputs, description_path=paths["description.json"],
         metadata_in_path=paths["metadata_in.json"], metadata_out_path=paths["metadata_out.json"],
-        stdout_path=paths["stdout.log"], stderr_path=paths["stderr.log"], description=description,
+        description=description, logs=logs if logs is not None else LogBuffer(), data_dir=data_dir,
     )
 
 
@@ -128,21 +147,6 @@ def render_command(template: str, prepared: PreparedAttempt) -> str:
         raise ValueError("the command template %r needs field %s, which the task does not have" % (template, error)) from None
     except (IndexError, AttributeError, ValueError) as error:
         raise ValueError("the command template %r cannot be filled: %s" % (template, error)) from None
-
-
-def read_log_lines(prepared: PreparedAttempt, when: float) -> list:
-    lines = []
-    for stream, path in (("stdout", prepared.stdout_path), ("stderr", prepared.stderr_path)):
-        if not os.path.exists(path):
-            continue
-        with open(path, errors="replace") as handle:
-            for count, line in enumerate(handle):
-                if count >= MAX_LOG_LINES_PER_STREAM:
-                    lines.append((when, "WARNING", "worker", "%s truncated after %d lines" % (stream, count)))
-                    break
-                severity = "INFO" if stream == "stdout" else "WARNING"
-                lines.append((when, severity, stream, line.rstrip("\n")[:MAX_LOG_LINE_LENGTH]))
-    return lines
 
 
 def read_output_metadata(prepared: PreparedAttempt) -> tuple[dict, str | None]:
@@ -167,77 +171,197 @@ def check_outputs(prepared: PreparedAttempt) -> str | None:
     return None
 
 
-def kill_process_group(process_group: int, grace_s: float = KILL_GRACE_S, wait=None) -> None:
-    """SIGTERM the group, then SIGKILL it if anything is left after ``grace_s``."""
+
+
+def child_setup(nice: int):
+    """What a reusable child does between fork and exec: lower its priority, die with the worker."""
+
+    def setup() -> None:
+        if nice:
+            os.nice(nice)
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return setup
+
+
+def descendants(pid: int) -> list:
+    """The processes below ``pid`` now (psutil objects), including any that left its process group."""
+    import psutil
+
     try:
-        os.killpg(process_group, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pid: int, grace_s: float, has_exited) -> None:
+    """Stop a task: SIGTERM its process group (``pid`` leads it) and its descendants, SIGKILL what is left
+    after ``grace_s``. ``has_exited()`` reaps the leader and says whether it is gone."""
+    import psutil
+
+    family = descendants(pid)
+
+    def signal_all(number: int) -> None:
+        try:
+            os.killpg(pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for process in family:
+            try:
+                process.send_signal(number)  # checks the process is still the one we saw (pid reuse)
+            except psutil.Error:
+                pass
+
+    signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if wait is not None and wait(0.1):
+        if has_exited() and not any(_alive(process) for process in family):
             break
-        try:
-            os.killpg(process_group, 0)
-        except ProcessLookupError:
-            return
-        if wait is None:
-            time.sleep(0.1)
+        time.sleep(0.05)
+    signal_all(signal.SIGKILL)
+
+
+def _alive(process) -> bool:
+    import psutil
+
     try:
-        os.killpg(process_group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
-def run_command(prepared: PreparedAttempt, nice: int = 0, stop_event: threading.Event | None = None) -> Outcome:
-    """Run a ``command:`` implementation under ``/bin/sh -c`` in its own process group."""
+class _Reaper:
+    """Waits for one child without blocking the caller's loop (a pidfd where the kernel has one)."""
+
+    def __init__(self, pid: int, selector: selectors.BaseSelector):
+        self.pid = pid
+        self.status = self.usage = None
+        self.pidfd = None
+        try:
+            self.pidfd = os.pidfd_open(pid)
+            selector.register(self.pidfd, selectors.EVENT_READ, None)
+        except (AttributeError, OSError):
+            self.pidfd = None
+
+    def poll(self) -> bool:
+        if self.status is None:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid:
+                self.status, self.usage = status, usage
+        return self.status is not None
+
+    def close(self, selector: selectors.BaseSelector) -> None:
+        if self.pidfd is not None:
+            selector.unregister(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def run_command(prepared: PreparedAttempt, nice: int = 0, stop_event=None) -> Outcome:
+    """Run a ``command:`` implementation under ``/bin/sh -c`` in its own process group.
+
+    One loop in the calling thread reads stdout and stderr as they come, notices the exit (pidfd), the
+    timeout and ``stop_event`` (anything with ``is_set()``); no thread per task.
+    """
     try:
         command = render_command(prepared.task_type.target, prepared)
     except ValueError as error:
         return Outcome(succeeded=False, error_text=str(error))
     environment = dict(os.environ, **prepared.environment)
+    environment.setdefault("PYTHONUNBUFFERED", "1")  # Python scripts print their lines when they happen
+    sink = prepared.logs
     started = time.time()
-    with open(prepared.stdout_path, "wb") as stdout, open(prepared.stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", command], cwd=prepared.work_dir, env=environment, stdout=stdout, stderr=stderr,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
-    waited: dict = {}
-    finished = threading.Event()
-
-    def reap() -> None:
-        _pid, status, usage = os.wait4(process.pid, 0)
-        waited.update(status=status, usage=usage)
-        finished.set()
-
-    reaper = threading.Thread(target=reap, daemon=True)
-    reaper.start()
+    # No preexec_fn: it would force a full fork of the worker (~10 ms a task) instead of vfork; the
+    # niceness is applied right after the start instead.
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", command], cwd=prepared.work_dir, env=environment, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, process.pid, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except OSError:
+            pass
+    selector = selectors.DefaultSelector()
+    pipes = {}
+    for stream, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
+        os.set_blocking(pipe.fileno(), False)
+        pipes[pipe.fileno()] = pipe
+        selector.register(pipe.fileno(), selectors.EVENT_READ, PipeLines(stream))
+    reaper = _Reaper(process.pid, selector)
     timeout = prepared.task_type.timeout_s
-    timed_out = False
     deadline = started + timeout if timeout else None
-    while not finished.wait(0.5 if (deadline or stop_event) else None):
-        if deadline and time.time() >= deadline:
-            timed_out = True
-            kill_process_group(process.pid, wait=finished.wait)
-            break
-        if stop_event is not None and stop_event.is_set():
-            kill_process_group(process.pid, wait=finished.wait)
-            break
-    finished.wait()
-    try:  # whatever the shell left behind in its group goes too
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.returncode = os.waitstatus_to_exitcode(waited["status"])
-    usage = waited["usage"]
+    timed_out = stopped = False
+    idle = 0.01
+    try:
+        while not reaper.poll():
+            wait = 0.5 if reaper.pidfd is not None or pipes else idle
+            if deadline:
+                wait = max(0.0, min(wait, deadline - time.time()))
+            events = selector.select(wait)
+            _read_pipes(events, selector, pipes, sink)
+            if not events:
+                idle = min(0.5, idle * 2)
+            if reaper.poll():
+                break
+            if deadline and time.time() >= deadline:
+                timed_out = True
+            elif stop_event is not None and stop_event.is_set():
+                stopped = True
+            if timed_out or stopped:
+                kill_tree(process.pid, KILL_GRACE_S, reaper.poll)
+                while not reaper.poll():
+                    time.sleep(0.05)
+                break
+        try:  # whatever the shell left behind in its group goes too
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        drain_until = time.time() + 2.0  # the rest of the output, unless an escaped process holds the pipes
+        while pipes and time.time() < drain_until:
+            _read_pipes(selector.select(0.1), selector, pipes, sink)
+    finally:
+        reaper.close(selector)
+        for fd in list(pipes):
+            selector.unregister(fd)
+            pipes.pop(fd).close()
+        selector.close()
+    process.returncode = os.waitstatus_to_exitcode(reaper.status)
+    usage = reaper.usage
     cpu = usage.ru_utime + usage.ru_stime
     outcome = Outcome(
-        succeeded=process.returncode == 0 and not timed_out, exit_status=process.returncode, wall_s=time.time() - started, cpu_s=cpu, cpu_children_s=cpu,
-        timed_out=timed_out,
+        succeeded=process.returncode == 0 and not (timed_out or stopped), exit_status=process.returncode,
+        wall_s=time.time() - started, cpu_s=cpu, cpu_children_s=cpu, timed_out=timed_out, stopped=stopped,
     )
     if timed_out:
         outcome.error_text = "timed out after %g s" % timeout
+    elif stopped:
+        outcome.error_text = "stopped by the worker"
+    elif process.returncode < 0:
+        outcome.error_text = "command was killed by signal %d (%s)" % (-process.returncode, _signal_name(-process.returncode))
     elif process.returncode != 0:
         outcome.error_text = "command exited with status %d" % process.returncode
     return outcome
+
+
+def _read_pipes(events, selector, pipes: dict, sink: LogBuffer) -> None:
+    for key, _mask in events:
+        if key.data is None:  # the pidfd: the process exited
+            continue
+        data = read_available(key.fd)
+        if data is None:
+            continue
+        if data:
+            key.data.feed(data, sink)
+        else:
+            key.data.finish(sink)
+            selector.unregister(key.fd)
+            pipes.pop(key.fd).close()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"

@@ -1,96 +1,34 @@
-"""Reusable child processes for ``python:`` implementations.
+"""Reusable child processes for ``python:`` implementations and QC checks.
 
 A fresh interpreter per task costs tens of milliseconds, too much for pipelines of 10^5 short tasks. Each
-worker slot keeps one child (started with ``spawn``, so it shares no database connection or thread with
-the worker) and sends it one attempt at a time over a pipe. The child leads its own process group, so a
-timeout kills whatever the task started too; it is recycled after a number of tasks, a crash or a kill.
+worker slot keeps one child (:mod:`.child`, a new interpreter that shares no database connection or
+thread with the worker) and sends it one request at a time over a socket. The child leads its own process
+group, so a timeout kills whatever the task started too; it is recycled after a number of tasks, a crash
+or a kill. Its stdout and stderr are pipes read here line by line while the task runs.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import resource
+import selectors
+import socket
+import subprocess
 import sys
-import threading
 import time
-import traceback
+from multiprocessing.connection import Connection
 
-from eas_controller.worker.execution import KILL_GRACE_S, Outcome, PreparedAttempt, kill_process_group
+from eas_controller.worker.execution import KILL_GRACE_S, Outcome, PreparedAttempt, child_setup, kill_tree
+from eas_controller.worker.logs import LogBuffer, PipeLines, read_available
 
 MAX_TASKS_PER_CHILD = 1000
+#: After the reply, how long to wait for the end markers on stdout/stderr (a descendant may hold the pipes).
+MARKER_WAIT_S = 2.0
+_BOOT = "import sys; sys.path.insert(0, %r); from eas_controller.worker.child import main; main()"
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _child_main(connection, nice: int) -> None:
-    """Loop in the child: receive a request, run the function, send back the result."""
-    os.setsid()
-    if nice:
-        os.nice(nice)
-    from eas_controller.registry import import_callable
-    from eas_controller.task_api import TaskContext
-    from eas_controller.tasks.builtin import TaskFailure
-
-    functions: dict = {}
-    while True:
-        try:
-            request = connection.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        if request is None:
-            return
-        connection.send(_run_request(request, functions, import_callable, TaskContext, TaskFailure))
-
-
-def _run_request(request: dict, functions: dict, import_callable, TaskContext, TaskFailure) -> dict:
-    saved_environment = dict(os.environ)
-    saved_directory = os.getcwd()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_fds = os.dup(1), os.dup(2)
-    usage_before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.time()
-    error = None
-    context = None
-    try:
-        os.environ.update(request["environment"])
-        os.chdir(request["work_dir"])
-        with open(request["stdout_path"], "ab") as out, open(request["stderr_path"], "ab") as err:
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
-        context = TaskContext(request["environment"], request["description"], request["inputs"], request["outputs"],
-                              request["metadata_in"])
-        function = functions.get(request["target"])
-        if function is None:
-            function = functions[request["target"]] = import_callable(request["target"])
-        function(context)
-    except TaskFailure as failure:
-        error = str(failure) or failure.__class__.__name__
-    except SystemExit as exit_request:
-        if exit_request.code not in (None, 0):
-            error = "the task called sys.exit(%r)" % (exit_request.code,)
-    except BaseException:  # the whole traceback is the explanation the user needs
-        error = traceback.format_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_fds[0], 1)
-        os.dup2(saved_fds[1], 2)
-        os.close(saved_fds[0])
-        os.close(saved_fds[1])
-        os.chdir(saved_directory)
-        os.environ.clear()
-        os.environ.update(saved_environment)
-    usage_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (usage_after[0].ru_utime + usage_after[0].ru_stime) - (usage_before[0].ru_utime + usage_before[0].ru_stime)
-    children = (usage_after[1].ru_utime + usage_after[1].ru_stime) - (usage_before[1].ru_utime + usage_before[1].ru_stime)
-    return dict(
-        error=error,
-        wall_s=time.time() - started,
-        cpu_s=own,
-        cpu_children_s=own + children,
-        metadata=context.output_metadata if context else {},
-        log_lines=context.log_lines if context else [],
-    )
+class ChildDied(Exception):
+    """The child exited (crash, kill) before replying."""
 
 
 class PythonChild:
@@ -98,88 +36,173 @@ class PythonChild:
 
     def __init__(self, nice: int = 0):
         self.nice = nice
-        self.process = None
-        self.connection = None
+        self.process: subprocess.Popen | None = None
+        self.connection: Connection | None = None
+        self.selector: selectors.BaseSelector | None = None
+        self.pipes: dict[int, PipeLines] = {}
         self.tasks_run = 0
+        self.requests = 0
+        self.last_exit_code: int | None = None  # of the previous child, once closed
 
+    # -- life cycle ------------------------------------------------------------------------------------
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        self.process = context.Process(target=_child_main, args=(child_end, self.nice), daemon=True,
-                                       name="eas-python-task")
-        self.process.start()
-        child_end.close()
-        self.connection = parent_end
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT % _PROJECT_ROOT, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=child_setup(self.nice),
+            )
+        finally:
+            theirs.close()
+        self.connection = Connection(ours.detach())
+        self.connection.send(dict(sys_path=list(sys.path)))
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.connection.fileno(), selectors.EVENT_READ, "reply")
+        self.pipes = {}
+        for stream, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
+            os.set_blocking(pipe.fileno(), False)
+            self.pipes[pipe.fileno()] = PipeLines(stream)
+            self.selector.register(pipe.fileno(), selectors.EVENT_READ, stream)
         self.tasks_run = 0
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and self.process.poll() is None
 
-    def run(self, prepared: PreparedAttempt, metadata_in: dict, stop_event: threading.Event | None = None) -> Outcome:
+    def close(self) -> None:
+        """Ask the child to exit (kill it if it does not) and release its pipes."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                self.connection.send(None)
+            except OSError:
+                pass
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.process.pid, 0.5, lambda: self.process.poll() is not None)
+                self.process.wait()
+        self.last_exit_code = self.process.returncode
+        self.selector.close()
+        for handle in (self.connection, self.process.stdout, self.process.stderr):
+            try:
+                handle.close()
+            except OSError:
+                pass
+        self.process = self.connection = self.selector = None
+        self.pipes = {}
+
+    def _kill(self) -> None:
+        kill_tree(self.process.pid, KILL_GRACE_S, lambda: self.process.poll() is not None)
+        self.process.wait()
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------------------
+    def _call(self, request: dict, sink: LogBuffer, timeout: float | None, stop_event) -> tuple[str, dict | None]:
+        """Send one request; return ("ok", reply), ("timeout"|"stopped", None) or ("died", None).
+
+        Reads the child's output into ``sink`` while waiting; lines after the reply's end markers belong
+        to the next request.
+        """
         if not self.alive() or self.tasks_run >= MAX_TASKS_PER_CHILD:
             self.close()
             self._start()
-        request = dict(
-            target=prepared.task_type.target, environment=prepared.environment, work_dir=prepared.work_dir,
-            stdout_path=prepared.stdout_path, stderr_path=prepared.stderr_path, description=prepared.description,
-            inputs=prepared.inputs, outputs=prepared.outputs, metadata_in=metadata_in,
-        )
+        self.requests += 1
+        marker = "\x00EAS-END-%d\x00" % self.requests
+        request["marker"] = marker
+        marker_bytes = marker.encode()
         started = time.time()
-        self.connection.send(request)
-        self.tasks_run += 1
-        timeout = prepared.task_type.timeout_s
         deadline = started + timeout if timeout else None
-        stopped = False
+        try:
+            self.connection.send(request)
+        except OSError:
+            self.close()
+            return "died", None
+        reply, replied_at, ended = None, None, set()
         while True:
-            wait = 0.5 if (deadline or stop_event) else None
-            try:
-                if self.connection.poll(wait):
-                    response = self.connection.recv()
-                    break
-            except (EOFError, OSError):
-                return self._died(started)
-            if not self.process.is_alive():
-                return self._died(started)
+            if reply is not None and (len(ended) == 2 or time.time() - replied_at > MARKER_WAIT_S):
+                return "ok", reply
+            wait = 0.5 if reply is None else 0.1
+            if deadline and reply is None:
+                wait = max(0.0, min(wait, deadline - time.time()))
+            for key, _mask in self.selector.select(wait):
+                if key.data == "reply":
+                    try:
+                        reply, replied_at = self.connection.recv(), time.time()
+                    except (EOFError, OSError):
+                        self._drain(sink, marker_bytes)
+                        self._kill()
+                        return "died", None
+                    continue
+                data = read_available(key.fd)
+                if data is None:
+                    continue
+                lines = self.pipes[key.fd]
+                if not data:
+                    lines.finish(sink)
+                    self.selector.unregister(key.fd)
+                    ended.add(key.data)
+                elif lines.feed(data, sink, marker_bytes):
+                    ended.add(key.data)
+            if reply is not None:
+                continue
+            if self.process.poll() is not None:
+                self._drain(sink, marker_bytes)
+                self.close()
+                return "died", None
             if deadline and time.time() >= deadline:
                 self._kill()
-                return Outcome(succeeded=False, error_text="timed out after %g s" % timeout,
-                               wall_s=time.time() - started, timed_out=True)
-            if stop_event is not None and stop_event.is_set() and not stopped:
-                stopped = True
+                return "timeout", None
+            if stop_event is not None and stop_event.is_set():
                 self._kill()
-                return Outcome(succeeded=False, error_text="stopped by the worker", wall_s=time.time() - started)
+                return "stopped", None
+
+    def _drain(self, sink: LogBuffer, marker: bytes) -> None:
+        """The last output of a child that died (its traceback, a segfault message)."""
+        for fd, lines in list(self.pipes.items()):
+            while True:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    lines.finish(sink)
+                    break
+                lines.feed(data, sink, marker)
+
+    def run(self, prepared: PreparedAttempt, metadata_in: dict, stop_event=None) -> Outcome:
+        """Run a ``python:`` implementation; output goes to ``prepared.logs`` as it is printed."""
+        request = dict(
+            kind="run", target=prepared.task_type.target, environment=prepared.environment, work_dir=prepared.work_dir,
+            description=prepared.description, inputs=prepared.inputs, outputs=prepared.outputs, metadata_in=metadata_in,
+        )
+        started = time.time()
+        timeout = prepared.task_type.timeout_s
+        status, reply = self._call(request, prepared.logs, timeout, stop_event)
+        self.tasks_run += 1
+        wall = time.time() - started
+        if status == "timeout":
+            return Outcome(succeeded=False, error_text="timed out after %g s" % timeout, wall_s=wall, timed_out=True)
+        if status == "stopped":
+            return Outcome(succeeded=False, error_text="stopped by the worker", wall_s=wall, stopped=True)
+        if status == "died":
+            code = self.last_exit_code
+            how = "was killed by signal %d" % -code if code is not None and code < 0 else "exited with status %s" % code
+            return Outcome(succeeded=False, exit_status=code, error_text="the task's process %s" % how, wall_s=wall)
+        prepared.logs.extend(reply["log_lines"])
         return Outcome(
-            succeeded=response["error"] is None, exit_status=0 if response["error"] is None else 1,
-            error_text=response["error"], wall_s=response["wall_s"], cpu_s=response["cpu_s"],
-            cpu_children_s=response["cpu_children_s"], metadata=response["metadata"], log_lines=response["log_lines"],
+            succeeded=reply["error"] is None, exit_status=0 if reply["error"] is None else 1,
+            error_text=reply["error"], wall_s=reply["wall_s"], cpu_s=reply["cpu_s"],
+            cpu_children_s=reply["cpu_children_s"], metadata=reply["metadata"],
         )
 
-    def _died(self, started: float) -> Outcome:
-        self.process.join(1)
-        code = self.process.exitcode
-        self.close()
-        how = "was killed by signal %d" % -code if code is not None and code < 0 else "exited with status %s" % code
-        return Outcome(succeeded=False, exit_status=code, error_text="the task's process %s" % how,
-                       wall_s=time.time() - started)
-
-    def _kill(self) -> None:
-        kill_process_group(self.process.pid, KILL_GRACE_S, wait=lambda seconds: self.process.join(seconds) or not self.process.is_alive())
-        self.close()
-
-    def close(self) -> None:
-        if self.process is None:
-            return
-        if self.process.is_alive():
-            try:
-                self.connection.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-            self.process.join(2)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(2)
-        try:
-            self.connection.close()
-        except OSError:
-            pass
-        self.process = self.connection = None
+    def check_products(self, target: str, paths: dict[str, str], sink: LogBuffer, timeout: float | None = None,
+                       stop_event=None) -> dict[str, tuple[bool, str | None]]:
+        """Run the QC function ``target`` on each product; a crash or timeout fails every product."""
+        status, reply = self._call(dict(kind="qc", target=target, paths=paths), sink, timeout, stop_event)
+        if status == "ok":
+            return {semantic: (passed, message) for semantic, (passed, message) in reply["verdicts"].items()}
+        reason = {"timeout": "QC check timed out after %g s" % (timeout or 0), "stopped": "QC check stopped",
+                  "died": "the QC check's process died"}[status]
+        return {semantic: (False, reason) for semantic in paths}

@@ -1,14 +1,23 @@
 """The worker: claims attempts it can run, runs them in child processes, records the results.
 
 Threads: the main thread claims (a small batch, up to its free slots and capacity); one thread per slot
-runs attempts; a heartbeat thread renews the leases of running attempts and the worker's last-seen time.
+runs attempts; a heartbeat thread renews the leases of running attempts, writes their new log lines,
+and updates the worker's row (last seen, free slots) — independently of how busy the tasks keep the CPU,
+since tasks run in other processes.
+
+Ownership: every write about an attempt is fenced (it happens only while the attempt is still ``running``
+under this worker). When the heartbeat finds an attempt taken away — its lease expired while this worker
+was paused or cut off and the scheduler gave the task to a new attempt, or it was cancelled — the worker
+logs "lost ownership", stops the task and discards its results.
+
 SIGTERM/SIGINT: stop claiming, let running attempts finish within the grace period, then stop them and
-release them back to the queue (not counted as failures). Lost database connections are retried with
-backoff; the worker does not die of them.
+release them back to the queue (not counted as failures). A second signal stops them at once. Lost
+database or broker connections are retried with backoff and logged; the worker does not die of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,80 +27,52 @@ import signal
 import socket
 import threading
 import time
+import traceback
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eas_controller import states
+from eas_controller import products, states
 from eas_controller.config import Settings
-from eas_controller.database.engine import read_transaction, run_transaction
+from eas_controller.database.engine import is_retryable, read_transaction, run_transaction
 from eas_controller.database.schema import attempts, tasks, workers
 from eas_controller.queues.base import Queue
 from eas_controller.registry import TaskType, load_registry
 from eas_controller.worker import completion
-from eas_controller.worker.execution import prepare, read_log_lines, run_command
+from eas_controller.worker.execution import Outcome, prepare, run_command
+from eas_controller.worker.logs import LogBuffer
 from eas_controller.worker.pool import PythonChild
+from eas_controller.worker.resources import Capacity, detect_gpus
 
 log = logging.getLogger("eas.worker")
 
-
-class Capacity:
-    """What the worker declared (cpus, gpus, memory) and what is free right now."""
-
-    def __init__(self, cpus: float, gpus: int, memory_gb: float, slots: int):
-        self.total = dict(cpu=float(cpus), gpu=int(gpus), memory_gb=float(memory_gb))
-        self.free = dict(self.total)
-        self.slots = slots
-        self.free_slots = slots
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def needs(task_type: TaskType) -> dict:
-        return dict(cpu=task_type.cpu, gpu=task_type.gpu, memory_gb=task_type.memory_gb)
-
-    def can_ever_run(self, task_type: TaskType) -> bool:
-        return all(need <= self.total[key] for key, need in self.needs(task_type).items())
-
-    def claimable(self, types: dict[str, TaskType]) -> tuple[list[str], int]:
-        """Task types that fit the free capacity, and how many of them can be claimed at once safely."""
-        with self.lock:
-            fitting = [t for t in types.values() if all(n <= self.free[k] + 1e-9 for k, n in self.needs(t).items())]
-            if not fitting or self.free_slots < 1:
-                return [], 0
-            limit = self.free_slots
-            for task_type in fitting:  # even if every claimed attempt is of the hungriest type, they all fit
-                for key, need in self.needs(task_type).items():
-                    if need > 0:
-                        limit = min(limit, int((self.free[key] + 1e-9) // need))
-            return sorted(t.name for t in fitting), max(limit, 0)
-
-    def take(self, task_type: TaskType) -> None:
-        with self.lock:
-            self.free_slots -= 1
-            for key, need in self.needs(task_type).items():
-                self.free[key] -= need
-
-    def give_back(self, task_type: TaskType) -> None:
-        with self.lock:
-            self.free_slots += 1
-            for key, need in self.needs(task_type).items():
-                self.free[key] += need
+#: How often the worker re-reads the task-type registry (new types, changed timeouts).
+REGISTRY_REFRESH_S = 60.0
 
 
-class AttemptStop:
-    """Tells a running attempt to stop: the worker is shutting down, or the attempt was cancelled."""
+@dataclasses.dataclass
+class RunningAttempt:
+    """What the worker keeps about one attempt from its claim to its completion."""
 
-    def __init__(self, shutdown: threading.Event):
-        self.shutdown = shutdown
-        self.cancelled = False
+    claim: dict
+    task_type: TaskType
+    gpu_ids: list | None
+    logs: LogBuffer = dataclasses.field(default_factory=LogBuffer)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # stop the task now
+    lost: str | None = None  # why ownership was lost ("cancelled", "stalled"...), once it was
+    recording: bool = False  # the completion transaction has started
 
-    def is_set(self) -> bool:
-        return self.cancelled or self.shutdown.is_set()
+    @property
+    def attempt_id(self) -> int:
+        return self.claim["attempt_id"]
+
+    def is_set(self) -> bool:  # lets the attempt itself serve as the stop event of run_command / PythonChild
+        return self.stop.is_set()
 
 
 class Worker:
     def __init__(self, settings: Settings, engine: Engine, queue: Queue, name: str | None = None, concurrency: int = 1,
-                 task_types: list[str] | None = None, cpus: float | None = None, gpus: int = 0,
+                 task_types: list[str] | None = None, cpus: float | None = None, gpus: int | None = None,
                  memory_gb: float | None = None, burst: bool = False, nice: int = 0, grace_period: float = 30.0,
                  poll_interval: float = 1.0, keep_scratch: bool = False):
         import psutil
@@ -104,9 +85,10 @@ class Worker:
         self.name = name or "%s-%d" % (self.host, self.pid)
         self.concurrency = max(1, int(concurrency))
         self.type_filter = set(task_types) if task_types else None
+        gpu_ids = detect_gpus()
         self.capacity = Capacity(
-            cpus if cpus is not None else (os.cpu_count() or 1), gpus,
-            memory_gb if memory_gb is not None else psutil.virtual_memory().total / 2**30, self.concurrency,
+            cpus if cpus is not None else (os.cpu_count() or 1), len(gpu_ids) if gpus is None else gpus,
+            memory_gb if memory_gb is not None else psutil.virtual_memory().total / 2**30, self.concurrency, gpu_ids,
         )
         self.burst = burst
         self.nice = nice
@@ -116,26 +98,38 @@ class Worker:
         self.lease_seconds = settings.lease_seconds
         self.stopping = threading.Event()  # stop claiming
         self.kill_running = threading.Event()  # stop running attempts (after the grace period)
-        self.stops: dict[int, AttemptStop] = {}  # attempt id -> its stop signal (cancel_job.py sets one)
         self.work: queue_module.Queue = queue_module.Queue()
-        self.running: dict[int, dict] = {}  # attempt id -> claim
+        self.running: dict[int, RunningAttempt] = {}
         self.running_lock = threading.Lock()
+        self.claiming_since: float | None = None  # start of the claim in progress (see beat)
         self.finished = threading.Event()  # set whenever a slot finishes an attempt
         self.heartbeat_stop = threading.Event()
         self.record: dict = {}
         self.types: dict[str, TaskType] = {}
+        self.all_type_names: set[str] = set()
+        self.types_loaded_at = 0.0
         self.counts = dict(succeeded=0, failed=0, lost=0, released=0)
+        self._retry_logged_at = 0.0
 
     # -- set-up ------------------------------------------------------------------------------------------
     def load_types(self) -> None:
-        with read_transaction(self.engine) as connection:
-            registry = load_registry(connection)
+        registry = self._read(load_registry)
         if self.type_filter:
             unknown = sorted(self.type_filter - set(registry))
             if unknown:
                 raise ValueError("unknown task type(s) %s; registered: %s" % (unknown, sorted(registry)))
-        self.types = {name: task_type for name, task_type in registry.items()
-                      if (self.type_filter is None or name in self.type_filter) and self.capacity.can_ever_run(task_type)}
+        wanted = {name: task_type for name, task_type in registry.items()
+                  if self.type_filter is None or name in self.type_filter}
+        types = {name: task_type for name, task_type in wanted.items() if self.capacity.can_ever_run(task_type)}
+        for name in sorted(set(wanted) - set(types)):
+            if name not in self.all_type_names:  # said once, at start or when the type appears
+                log.info("task type %s needs more than this worker offers (%s): not claimed here",
+                         name, self.capacity.shortfall(wanted[name]))
+        self.types.update(types)  # a running attempt may still refer to a type that was changed
+        for name in set(self.types) - set(types):
+            del self.types[name]
+        self.all_type_names = set(registry)
+        self.types_loaded_at = time.time()
 
     def register(self) -> None:
         now = time.time()
@@ -152,15 +146,36 @@ class Worker:
         self.record = dict(id=worker_id, name=self.name, host=self.host, pid=self.pid)
 
     def _database_retry(self, error: BaseException, delay: float) -> None:
-        log.warning("database unavailable (%s); retrying in %.1f s", str(error).splitlines()[0][:200], delay)
+        """Called before each retry of a transaction; says so at most every few seconds (slots retry at once)."""
+        now = time.time()
+        if now - self._retry_logged_at >= 5.0:
+            self._retry_logged_at = now
+            log.warning("database unavailable (%s); retrying with backoff (next in %.1f s)",
+                        _first_line(str(getattr(error, "orig", error)))[:200], delay)
+
+    def _read(self, body):
+        """A read-only transaction, retried with backoff while the database is unreachable."""
+        tried = 0
+        while True:
+            try:
+                with read_transaction(self.engine) as connection:
+                    return body(connection)
+            except sa.exc.DBAPIError as error:
+                if not is_retryable(error):
+                    raise
+                tried += 1
+                delay = min(5.0, 0.05 * 2 ** min(tried, 7))
+                self._database_retry(error, delay)
+                time.sleep(delay)
 
     # -- main loop ---------------------------------------------------------------------------------------
     def run(self) -> int:
         self.load_types()
         self.register()
-        log.info("worker %s (id %d) started: %d slot(s), %g cpu, %d gpu, %.1f GB; task types: %s",
-                 self.name, self.record["id"], self.concurrency, self.capacity.total["cpu"], self.capacity.total["gpu"],
-                 self.capacity.total["memory_gb"], ", ".join(sorted(self.types)) or "none")
+        log.info("worker %s (id %d) started on %s, pid %d: %d slot(s), %g cpu, %d gpu, %.1f GB, lease %g s; "
+                 "task types: %s", self.name, self.record["id"], self.host, self.pid, self.concurrency,
+                 self.capacity.total["cpu"], self.capacity.total["gpu"], self.capacity.total["memory_gb"],
+                 self.lease_seconds, ", ".join(sorted(self.types)) or "none")
         self._install_signal_handlers()
         slots = [threading.Thread(target=self._slot, name="slot-%d" % i, daemon=True) for i in range(self.concurrency)]
         for slot in slots:
@@ -168,14 +183,26 @@ class Worker:
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
         idle_wait = 0.01
+        failures = 0
         try:
             while not self.stopping.is_set():
-                claimed = self._claim()
+                try:
+                    if time.time() - self.types_loaded_at > REGISTRY_REFRESH_S:
+                        self.load_types()
+                    claimed = self._claim()
+                    if not claimed and self.burst and not self.running and not self._work_may_come():
+                        break
+                    failures = 0
+                except Exception as error:  # a broker or database outage the queue did not absorb: wait, retry
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    log.warning("claiming failed (%s: %s); retrying in %.1f s", error.__class__.__name__,
+                                str(error).splitlines()[0][:200] if str(error) else "", delay)
+                    self.stopping.wait(delay)
+                    continue
                 if claimed:
                     idle_wait = 0.01
                     continue
-                if self.burst and not self.running and not self._work_may_come():
-                    break
                 self.finished.wait(idle_wait)
                 self.finished.clear()
                 idle_wait = min(self.poll_interval, idle_wait * 2)
@@ -187,134 +214,241 @@ class Worker:
         names, limit = self.capacity.claimable(self.types)
         if limit < 1:
             return 0
-        all_types = self.type_filter is None and len(names) == len(self.types) == len(self._registered_names())
-        claims = self.queue.claim(self.record, None if all_types else names, limit, self.lease_seconds)
-        for claim in claims:
-            task_type = self.types[claim["task_type"]]
-            self.capacity.take(task_type)
-            with self.running_lock:
-                self.running[claim["attempt_id"]] = claim
-            self.work.put(claim)
+        all_types = self.type_filter is None and len(names) == len(self.types) == len(self.all_type_names)
+        self.claiming_since = time.time()
+        try:
+            claims = self.queue.claim(self.record, None if all_types else names, limit, self.lease_seconds)
+            for claim in claims:
+                task_type = self.types.get(claim["task_type"])
+                if task_type is None:  # registered since the last refresh
+                    self.load_types()
+                    task_type = self.types.get(claim["task_type"])
+                if task_type is None:
+                    self._give_back(claim, "released: this worker cannot run task type %s" % claim["task_type"])
+                    continue
+                running = RunningAttempt(claim, task_type, self.capacity.take(task_type))
+                with self.running_lock:
+                    self.running[running.attempt_id] = running
+                self.work.put(running)
+        finally:
+            self.claiming_since = None
         return len(claims)
 
-    def _registered_names(self) -> list:
-        if not hasattr(self, "_all_names"):
-            with read_transaction(self.engine) as connection:
-                self._all_names = list(load_registry(connection))
-        return self._all_names
+    def _give_back(self, claim: dict, note: str) -> None:
+        log.warning("attempt %d (task %d): %s", claim["attempt_id"], claim["task_id"], note)
+        run_transaction(self.engine, lambda connection: completion.release_attempt(
+            connection, claim["attempt_id"], claim["task_id"], time.time(), note=note), attempts=0,
+            on_retry=self._database_retry)
 
     def _work_may_come(self) -> bool:
         """Burst mode: could anything still reach this worker (ready/queued tasks it runs, or running tasks)?"""
-        with read_transaction(self.engine) as connection:
-            names = sorted(self.types)
-            busy = connection.execute(
+        names = sorted(self.types)
+
+        def body(connection):
+            return connection.execute(
                 sa.select(tasks.c.id).where(sa.or_(
                     sa.and_(tasks.c.state.in_([states.READY, states.QUEUED]), tasks.c.task_type.in_(names)),
                     sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control.is_(False)),
                     sa.and_(tasks.c.state == states.READY, tasks.c.is_control.is_(True)),
                 )).limit(1)
             ).first()
-        return busy is not None
+
+        return self._read(body) is not None
 
     # -- slots ---------------------------------------------------------------------------------------------
     def _slot(self) -> None:
         child = PythonChild(self.nice)
         try:
             while True:
-                claim = self.work.get()
-                if claim is None:
+                running = self.work.get()
+                if running is None:
                     return
                 try:
-                    self._run_attempt(claim, child)
+                    self._run_attempt(running, child)
                 except Exception:
-                    log.exception("attempt %d: unexpected error in the worker", claim["attempt_id"])
+                    log.exception("attempt %d: unexpected error in the worker", running.attempt_id)
                 finally:
                     with self.running_lock:
-                        self.running.pop(claim["attempt_id"], None)
-                    self.capacity.give_back(self.types[claim["task_type"]])
+                        self.running.pop(running.attempt_id, None)
+                    self.capacity.give_back(running.task_type, running.gpu_ids)
                     self.finished.set()
         finally:
             child.close()
 
-    def _run_attempt(self, claim: dict, child: PythonChild) -> None:
-        task_type = self.types[claim["task_type"]]
-        prepared = prepare(claim, task_type, self.settings.data_dir)
-        stop = self.stops[claim["attempt_id"]] = AttemptStop(self.kill_running)
+    def _run_attempt(self, running: RunningAttempt, child: PythonChild) -> None:
+        claim, task_type, logs = running.claim, running.task_type, running.logs
+        prepared = None
         try:
+            prepared = prepare(claim, task_type, self.settings.data_dir, running.gpu_ids, logs)
             if task_type.kind == "python":
                 metadata_in = {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
-                outcome = child.run(prepared, metadata_in, stop)
+                outcome = child.run(prepared, metadata_in, running)
             else:
-                outcome = run_command(prepared, self.nice, stop)
-        finally:
-            self.stops.pop(claim["attempt_id"], None)
-        outcome.log_lines = read_log_lines(prepared, time.time()) + outcome.log_lines
-        release = self.kill_running.is_set() and not outcome.succeeded
-        made = completion.inspect_outputs(prepared, outcome) if not release else {}
-        if not outcome.succeeded and not release and outcome.error_text:
-            outcome.log_lines.append((time.time(), "ERROR", "worker", outcome.error_text))
-        result = run_transaction(
-            self.engine,
-            lambda connection: completion.record_outcome(
-                connection, self.record, prepared, outcome, made, self.settings.max_attempts, 5.0, release),
-            attempts=0, on_retry=self._database_retry,
-        )
+                outcome = run_command(prepared, self.nice, running)
+        except Exception:  # the worker could not start or watch the task: fail the attempt with the reason
+            outcome = Outcome(succeeded=False, error_text="the worker could not run the task:\n" + traceback.format_exc())
+        if running.lost:  # the heartbeat found it taken away and stopped it: nothing of this run is kept
+            result = completion.LOST
+        else:
+            result = self._complete(running, prepared, outcome, child)
         if result == completion.LOST:
-            self._report_lost(prepared, stop.cancelled)
-        self.counts[{"succeeded": "succeeded", "failed": "failed"}.get(result, result)] += 1
-        log.info("attempt %d (task %d, %s): %s in %.2f s", claim["attempt_id"], claim["task_id"], claim["task_type"],
-                 result, outcome.wall_s)
-        if not self.keep_scratch:
+            self._report_lost(running)
+        self.counts[result if result in self.counts else "failed"] += 1
+        log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
+                 result, outcome.wall_s, "" if result != states.A_FAILED else ": " + _first_line(outcome.error_text))
+        if prepared is not None and (not self.keep_scratch or result == completion.LOST):
             shutil.rmtree(prepared.work_dir, ignore_errors=True)
 
-    def _report_lost(self, prepared, cancelled: bool = False) -> None:
-        message = ("lost ownership of attempt %d: its lease expired and the task was given to another attempt; "
-                   "the results of this run were discarded" % prepared.attempt_id)
-        if cancelled:
-            message = ("attempt %d was cancelled while it ran: the worker stopped it and discarded its results"
-                       % prepared.attempt_id)
-        log.warning(message)
+    def _complete(self, running: RunningAttempt, prepared, outcome: Outcome, child: PythonChild) -> str:
+        """Check the outputs, then record the result in the fenced completion transaction."""
+        logs = running.logs
+        release = outcome.stopped and self.kill_running.is_set() and not running.lost
+        made = {}
+        if prepared is not None and not release:
+            try:
+                made = completion.inspect_outputs(prepared, outcome, lambda *args: child.check_products(*args, stop_event=running))
+            except Exception:
+                outcome.succeeded = False
+                outcome.error_text = "the worker could not check the outputs:\n" + traceback.format_exc()
+        if release:
+            logs.add("WARNING", "worker", "stopped at shutdown after the %g s grace period; released back to the queue "
+                     "(not counted as a failure)" % self.grace_period)
+        elif outcome.timed_out:
+            logs.add("ERROR", "worker", "%s: the task's process group was killed (SIGTERM, then SIGKILL)" % outcome.error_text)
+        elif not outcome.succeeded:
+            logs.add("ERROR", "worker", outcome.error_text or "failed")
+        if prepared is None:  # nothing was set up: record the failure without files
+            prepared = _bare_prepared(running, self.settings.data_dir)
+        publication = products.Publication()
+        running.recording = True
 
         def body(connection):
-            completion.write_log_lines(connection, prepared.attempt_id, prepared.claim["task_id"],
-                                       [(time.time(), "WARNING", "worker", message)])
+            return completion.record_outcome(connection, self.record, prepared, outcome, made, self.settings.max_attempts,
+                                             self.settings.retry_backoff_s, release, publication)
 
-        run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
+        try:
+            result = run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
+            publication.commit()  # drop the hard links that kept the previous versions during the transaction
+            return result
+        except Exception as error:  # not retryable (bad data...): still end the attempt, with the reason
+            log.exception("attempt %d: the result could not be recorded", running.attempt_id)
+            publication.undo()
+            outcome.succeeded, made = False, {}
+            outcome.error_text = "the worker could not record the result: %s" % _first_line(str(error))
+            outcome.log_lines = [(time.time(), "ERROR", "worker", outcome.error_text)]
+            return run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
+
+    def _report_lost(self, running: RunningAttempt) -> None:
+        """Say once, in the worker's log and the attempt's, that this run's results were discarded."""
+        if running.lost == "reported":
+            return
+        attempt_id, task_id = running.attempt_id, running.claim["task_id"]
+        reason = running.lost
+
+        def body(connection):
+            state = reason or connection.execute(sa.select(attempts.c.state).where(attempts.c.id == attempt_id)).scalar()
+            if state == states.A_CANCELLED:
+                message = "attempt %d was cancelled while it ran: the worker stopped it and discarded its results" % attempt_id
+            else:
+                message = ("lost ownership of attempt %d (task %d): %s; the results of this run were discarded" % (
+                    attempt_id, task_id, state if reason else "it is now %s (its lease expired and the task was given "
+                    "to another attempt)" % state))
+            completion.write_log_lines(connection, attempt_id, task_id, [(time.time(), "WARNING", "worker", message)])
+            return message
+
+        running.lost = "reported"
+        try:
+            log.warning(run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry))
+        except Exception as error:
+            log.warning("lost ownership of attempt %d; the note could not be stored: %s", attempt_id, error)
 
     # -- heartbeat -----------------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)
+        failing_since = None
         while not self.heartbeat_stop.wait(interval):
             try:
                 self.beat()
+                if failing_since is not None:
+                    log.info("heartbeat: database reachable again after %.0f s", time.time() - failing_since)
+                    failing_since = None
             except Exception as error:  # the next beat retries; the lease has two more chances
-                log.warning("heartbeat failed: %s", str(error).splitlines()[0][:200])
+                if failing_since is None:
+                    failing_since = time.time()
+                log.warning("heartbeat failed (%s); leases are renewed at the next beat, in %.1f s",
+                            _first_line(str(error))[:200], interval)
 
     def beat(self) -> None:
-        """Renew the leases of running attempts and the worker's last-seen time."""
+        """Renew the leases of the attempts this worker still owns, write their new log lines, update the
+        worker's row; stop the attempts it no longer owns and release orphaned claims."""
         now = time.time()
+        # Read the claim marker before taking the list of running attempts: an attempt claimed after
+        # ``now`` may be missing from the list, but it is also excluded from the orphans.
+        cutoff = min(now, self.claiming_since or now)
         with self.running_lock:
-            attempt_ids = list(self.running)
+            current = list(self.running.values())
+        pending = {}  # attempt id -> lines taken from its buffer (written only if the attempt is still ours)
+        for running in current:
+            if running.logs.write_lock.acquire(blocking=False):
+                pending[running.attempt_id] = running.logs.take()
+        by_id = {running.attempt_id: running for running in current}
+        me = self.record["id"]
 
         def body(connection):
-            cancelled = []
-            if attempt_ids:
-                connection.execute(attempts.update().where(
-                    attempts.c.id.in_(attempt_ids), attempts.c.state == states.A_RUNNING,
-                    attempts.c.worker_id == self.record["id"],
-                ).values(lease_expires_at=now + self.lease_seconds))
-                cancelled = connection.execute(sa.select(attempts.c.id).where(
-                    attempts.c.id.in_(attempt_ids), attempts.c.state == states.A_CANCELLED)).scalars().all()
-            connection.execute(workers.update().where(workers.c.id == self.record["id"]).values(
+            lost, orphans = {}, []
+            if by_id:
+                rows = connection.execute(
+                    sa.select(attempts.c.id, attempts.c.state, attempts.c.worker_id)
+                    .where(attempts.c.id.in_(list(by_id))).with_for_update()).all()
+                owned = []
+                for row in rows:
+                    if row.worker_id == me and row.state == states.A_RUNNING:
+                        owned.append(row.id)
+                    elif not (row.worker_id == me and by_id[row.id].recording):
+                        lost[row.id] = row.state
+                if owned:
+                    connection.execute(attempts.update().where(attempts.c.id.in_(owned)).values(
+                        lease_expires_at=now + self.lease_seconds))
+                    for attempt_id in owned:
+                        completion.write_log_lines(connection, attempt_id, by_id[attempt_id].claim["task_id"],
+                                                   pending.get(attempt_id, []))
+            query = sa.select(attempts.c.id, attempts.c.task_id).where(
+                attempts.c.state == states.A_RUNNING, attempts.c.worker_id == me, attempts.c.started_at < cutoff)
+            if by_id:
+                query = query.where(attempts.c.id.notin_(list(by_id)))
+            for row in connection.execute(query.with_for_update()).all():
+                completion.release_attempt(connection, row.id, row.task_id, now, note=(
+                    "released: the worker never received this claim (the database connection was lost while "
+                    "it committed); not counted as a failure"))
+                orphans.append(row.id)
+            connection.execute(workers.update().where(workers.c.id == me).values(
                 last_seen=now, free_slots=self.capacity.free_slots,
+                capabilities=json.dumps(sorted(self.types)),
                 state="stopping" if self.stopping.is_set() else "running"))
-            return cancelled
+            return lost, orphans
 
-        for attempt_id in run_transaction(self.engine, body, attempts=3):  # cancelled (cancel_job.py): stop them
-            stop = self.stops.get(attempt_id)
-            if stop is not None and not stop.cancelled:
-                log.info("attempt %d was cancelled: stopping it", attempt_id)
-                stop.cancelled = True
+        try:
+            lost, orphans = run_transaction(self.engine, body, attempts=3)
+        except BaseException:
+            for attempt_id, lines in pending.items():
+                by_id[attempt_id].logs.put_back(lines)
+            raise
+        finally:
+            for attempt_id in pending:
+                by_id[attempt_id].logs.write_lock.release()
+        for attempt_id in orphans:
+            log.warning("attempt %d was claimed for this worker but the claim's reply was lost with the database "
+                        "connection: released back to the queue", attempt_id)
+        for attempt_id, state in lost.items():
+            running = by_id[attempt_id]
+            if running.lost:
+                continue
+            running.lost = state if state == states.A_CANCELLED else (
+                "the attempt is now %s (the lease expired while this worker was paused or cut off, and the task "
+                "was given to another attempt)" % state)
+            log.warning("lost ownership of attempt %d (task %d): it is now %s; stopping the task", attempt_id,
+                        running.claim["task_id"], state)
+            running.stop.set()
 
     # -- shutdown ------------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
@@ -324,7 +458,7 @@ class Worker:
         def stop(signum, _frame):
             if self.stopping.is_set():
                 log.warning("second %s: stopping running attempts now", signal.Signals(signum).name)
-                self.kill_running.set()
+                self._stop_running()
             else:
                 log.info("%s received: no new claims; running attempts get %g s to finish",
                          signal.Signals(signum).name, self.grace_period)
@@ -334,6 +468,12 @@ class Worker:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
+    def _stop_running(self) -> None:
+        self.kill_running.set()
+        with self.running_lock:
+            for running in self.running.values():
+                running.stop.set()
+
     def _shut_down(self, slots: list) -> None:
         self.stopping.set()
         deadline = time.time() + self.grace_period
@@ -342,7 +482,7 @@ class Worker:
             self.finished.clear()
         if self.running:
             log.warning("grace period over: stopping %d running attempt(s) and releasing them", len(self.running))
-            self.kill_running.set()
+            self._stop_running()
         for _slot in slots:
             self.work.put(None)
         for slot in slots:
@@ -354,4 +494,21 @@ class Worker:
                     state="stopped", free_slots=0, last_seen=time.time())), attempts=3)
         except Exception as error:
             log.warning("could not mark the worker stopped: %s", error)
+        try:
+            self.queue.close()
+        except Exception:
+            pass
         log.info("worker %s stopped: %s", self.name, ", ".join("%d %s" % (v, k) for k, v in self.counts.items()))
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines and lines[0].startswith("Traceback") else (lines[0] if lines else "")
+
+
+def _bare_prepared(running: RunningAttempt, data_dir: str):
+    from eas_controller.worker.execution import PreparedAttempt
+
+    return PreparedAttempt(claim=running.claim, task_type=running.task_type, work_dir="", environment={}, inputs={},
+                           outputs={}, final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
+                           logs=running.logs, data_dir=data_dir)

@@ -1,0 +1,127 @@
+"""Resources: what a worker offers (cpus, gpus, memory), what is free, and what no live worker can offer.
+
+A worker claims only task types whose registered ``resources`` fit in its free capacity, so a 2-cpu worker
+never runs two 2-cpu tasks at once. A task type needing more than every live worker offers (a GPU on a
+cluster of CPU nodes) waits in the queue; :func:`unmet_needs` says so, and the scheduler daemon prints it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from eas_controller import states
+from eas_controller.database.schema import task_types as task_types_table
+from eas_controller.database.schema import tasks, workers
+from eas_controller.registry import TaskType
+
+#: A worker counts as live if its row was updated this recently (heartbeats come every lease/3 seconds).
+LIVE_WINDOW_S = 120.0
+RESOURCES = ("cpu", "gpu", "memory_gb")
+
+
+def detect_gpus() -> list[str]:
+    """The GPU ids this machine offers: ``CUDA_VISIBLE_DEVICES`` if set, else the NVIDIA driver's list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [item.strip() for item in visible.split(",") if item.strip() and item.strip() != "-1"]
+    return [str(index) for index in range(len(glob.glob("/proc/driver/nvidia/gpus/*")))]
+
+
+class Capacity:
+    """What the worker declared (cpus, gpus, memory) and what is free right now; GPUs are handed out by id."""
+
+    def __init__(self, cpus: float, gpus: int, memory_gb: float, slots: int, gpu_ids: list[str] | None = None):
+        self.total = dict(cpu=float(cpus), gpu=int(gpus), memory_gb=float(memory_gb))
+        self.free = dict(self.total)
+        self.slots = slots
+        self.free_slots = slots
+        ids = list(gpu_ids or [])[: int(gpus)]
+        self.free_gpu_ids = ids + [str(index) for index in range(len(ids), int(gpus))]
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def needs(task_type: TaskType) -> dict:
+        return dict(cpu=task_type.cpu, gpu=task_type.gpu, memory_gb=task_type.memory_gb)
+
+    def can_ever_run(self, task_type: TaskType) -> bool:
+        return all(need <= self.total[key] + 1e-9 for key, need in self.needs(task_type).items())
+
+    def shortfall(self, task_type: TaskType) -> str:
+        """Why this worker can never run ``task_type``, e.g. ``gpu 1 > 0``."""
+        return ", ".join("%s %g > %g" % (key, need, self.total[key]) for key, need in self.needs(task_type).items()
+                         if need > self.total[key] + 1e-9)
+
+    def claimable(self, types: dict[str, TaskType]) -> tuple[list[str], int]:
+        """Task types that fit the free capacity, and how many of them can be claimed at once safely."""
+        with self.lock:
+            fitting = [t for t in types.values() if all(n <= self.free[k] + 1e-9 for k, n in self.needs(t).items())]
+            if not fitting or self.free_slots < 1:
+                return [], 0
+            limit = self.free_slots
+            for task_type in fitting:  # even if every claimed attempt is of the hungriest type, they all fit
+                for key, need in self.needs(task_type).items():
+                    if need > 0:
+                        limit = min(limit, int((self.free[key] + 1e-9) // need))
+            return sorted(t.name for t in fitting), max(limit, 0)
+
+    def take(self, task_type: TaskType) -> list[str] | None:
+        """Reserve what an attempt needs; returns its GPU ids (None on a worker without GPUs)."""
+        with self.lock:
+            self.free_slots -= 1
+            for key, need in self.needs(task_type).items():
+                self.free[key] -= need
+            if not self.total["gpu"]:
+                return None
+            taken = self.free_gpu_ids[: int(task_type.gpu)]
+            del self.free_gpu_ids[: int(task_type.gpu)]
+            return taken
+
+    def give_back(self, task_type: TaskType, gpu_ids: list[str] | None = None) -> None:
+        with self.lock:
+            self.free_slots += 1
+            for key, need in self.needs(task_type).items():
+                self.free[key] += need
+            self.free_gpu_ids.extend(gpu_ids or [])
+
+
+def unmet_needs(connection: Connection, now: float | None = None, live_window_s: float = LIVE_WINDOW_S) -> dict[str, dict]:
+    """Ready or queued tasks that no live worker could ever run for lack of resources.
+
+    Returns {task type: {"tasks": n, "short": ["gpu", ...]}}; empty when nothing is stuck or no worker is
+    live (then nothing can be said about what the workers offer).
+    """
+    now = time.time() if now is None else now
+    live = connection.execute(sa.select(workers.c.cpus, workers.c.gpus, workers.c.memory_gb).where(
+        workers.c.state != "stopped", workers.c.last_seen >= now - live_window_s)).all()
+    if not live:
+        return {}
+    counts = dict(connection.execute(sa.select(tasks.c.task_type, sa.func.count()).where(
+        tasks.c.state.in_([states.READY, states.QUEUED]), tasks.c.is_control.is_(False)).group_by(tasks.c.task_type)).all())
+    if not counts:
+        return {}
+    offers = [dict(cpu=row.cpus, gpu=row.gpus, memory_gb=row.memory_gb) for row in live]
+    result = {}
+    for row in connection.execute(sa.select(task_types_table.c.name, task_types_table.c.cpu, task_types_table.c.gpu,
+                                            task_types_table.c.memory_gb).where(task_types_table.c.name.in_(list(counts)))):
+        needs = dict(cpu=row.cpu or 0, gpu=row.gpu or 0, memory_gb=row.memory_gb or 0)
+        if any(all(needs[key] <= offer[key] + 1e-9 for key in RESOURCES) for offer in offers):
+            continue
+        short = [key for key in RESOURCES if needs[key] > max(offer[key] for offer in offers) + 1e-9]
+        result[row.name] = dict(tasks=counts[row.name], short=short or [key for key in RESOURCES if needs[key] > 0])
+    return result
+
+
+def describe_unmet(unmet: dict[str, dict]) -> str:
+    """E.g. ``3 queued tasks need resources no live worker offers: gpu (fit_psf)``; empty if nothing."""
+    if not unmet:
+        return ""
+    total = sum(item["tasks"] for item in unmet.values())
+    short = sorted({key for item in unmet.values() for key in item["short"]})
+    return "%d queued task%s resources no live worker offers: %s (%s)" % (
+        total, " needs" if total == 1 else "s need", "+".join(short), ", ".join(sorted(unmet)))
