@@ -318,10 +318,10 @@ def test_a_1000_task_run_survives_a_20_second_database_outage(tmp_path, cluster_
 class PrivateRabbitMQ:
     """A throw-away RabbitMQ node (its own name, ports and data folder), which the test may stop and start."""
 
-    def __init__(self, folder):
+    def __init__(self):
         self.server = shutil.which("rabbitmq-server", path="/usr/sbin:/usr/lib/rabbitmq/bin:/usr/bin")
         self.control = shutil.which("rabbitmqctl", path="/usr/sbin:/usr/lib/rabbitmq/bin:/usr/bin")
-        self.folder = str(folder)
+        self.folder = None
         self.port = _free_port()
         self.node = "eas_test_%d@localhost" % self.port
 
@@ -345,7 +345,10 @@ class PrivateRabbitMQ:
                     RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(self.folder, "advanced.config"))
 
     def create(self) -> None:
-        os.makedirs(self.folder, exist_ok=True)
+        import tempfile
+
+        # not under pytest's tmp_path: that is private to this user, and the node may run as user rabbitmq
+        self.folder = tempfile.mkdtemp(prefix="eas_test_rabbitmq_")
         with open(os.path.join(self.folder, "enabled_plugins"), "w") as handle:
             handle.write("[].\n")
         if os.getuid() == 0:  # the server scripts switch to the rabbitmq user when started by root
@@ -382,21 +385,24 @@ class PrivateRabbitMQ:
 
     def kill(self) -> None:
         """Make sure nothing of the node is left (used at the end of the test, whatever happened)."""
+        if self.folder is None:
+            return
         self.stop()
         try:
             with open(os.path.join(self.folder, "pid")) as handle:
                 os.kill(int(handle.read().strip()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def test_a_1000_task_run_on_the_amqp_queue_survives_a_20_second_broker_outage(tmp_path, cluster_factory):
-    broker = PrivateRabbitMQ(tmp_path / "rabbitmq")
+    broker = PrivateRabbitMQ()
     if not broker.available:
         unavailable("RabbitMQ server scripts (rabbitmq-server, rabbitmqctl) are not installed")
-    broker.create()
     cluster = None
     try:
+        broker.create()
         cluster = cluster_factory("mysql", max_attempts=1)
         cluster.environment.settings.queue = "amqp"
         cluster.environment.settings.amqp_url = broker.url
