@@ -137,8 +137,9 @@ def empty_queue(engine: Engine, queue: Queue, selection: Selection, hold: bool =
                 dry_run: bool = False) -> dict:
     """Take queued attempts out of the queue; their tasks go back to ``ready`` (or ``held``).
 
-    With ``hold`` the selected ``ready`` tasks are held too, so a running scheduler does not queue them
-    again; :func:`release_held` lets them go.
+    With ``hold`` the selected ``ready`` and ``waiting`` tasks are held too, so that neither a running
+    scheduler nor a dependency finishing later queues any of them; :func:`release_held` lets them go.
+    Running tasks carry on (a held task's dependencies still count down as they finish).
     """
     target = states.HELD if hold else states.READY
 
@@ -159,7 +160,7 @@ def empty_queue(engine: Engine, queue: Queue, selection: Selection, hold: bool =
         held_ready = 0
         if hold:
             held_ready = connection.execute(tasks.update().where(
-                tasks.c.state == states.READY, tasks.c.is_control.is_(False), selection.condition())
+                tasks.c.state.in_([states.READY, states.WAITING]), selection.condition())
                 .values(state=states.HELD, updated_at=now)).rowcount
         return dict(removed=len(taken), tasks=len(task_ids), held_ready=held_ready, target=target)
 
@@ -167,11 +168,13 @@ def empty_queue(engine: Engine, queue: Queue, selection: Selection, hold: bool =
 
 
 def release_held(engine: Engine, selection: Selection, dry_run: bool = False) -> dict:
-    """Held tasks become ``ready``: the scheduler queues them on its next pass."""
+    """Held tasks become ``ready`` (the scheduler queues them on its next pass), or ``waiting`` if some of
+    their dependencies have still to finish."""
 
     def body(connection: Connection) -> dict:
         released = connection.execute(tasks.update().where(tasks.c.state == states.HELD, selection.condition())
-                                      .values(state=states.READY, updated_at=time.time())).rowcount
+                                      .values(state=sa.case((tasks.c.unmet_dependencies > 0, states.WAITING),
+                                                            else_=states.READY), updated_at=time.time())).rowcount
         return dict(released=released)
 
     return apply(engine, None, body, dry_run)

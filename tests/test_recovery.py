@@ -81,18 +81,20 @@ def test_empty_queue_holds_and_releases_a_job(queue_name, backend, tmp_path, cle
     environment = environment_for(queue_name, backend, tmp_path)
     cleanup(environment)
     order_log = str(tmp_path / "ran.log")
-    submit(environment, record_tasks(order_log, 12), job_name="paused")
+    dependent = dict(task="record_order", name="after_t0", order_log=order_log, requires_metadata_from=["t0"])
+    submit(environment, record_tasks(order_log, 12) + [dependent], job_name="paused")
     submit(environment, [dict(task="record_order", name="k%d" % i, order_log=order_log) for i in range(5)] +
            [dict(task="null", name="n%d" % i) for i in range(3)], job_name="kept")
     assert schedule(environment) == 20
 
     out = environment.script("queue_management/empty_queue.py", "--job-name", "paused", "--hold", "--dry-run").stdout
     assert "dry run: would have removed 12 queued attempt(s) of job 'paused'" in out
-    assert job_states(environment, "paused") == {"queued": 12}
+    assert job_states(environment, "paused") == {"queued": 12, "waiting": 1}
 
     out = environment.script("queue_management/empty_queue.py", "--job-name", "paused", "--hold").stdout
     assert "removed 12 queued attempt(s) of job 'paused'" in out and "12 task(s) held" in out
-    assert job_states(environment, "paused") == {"held": 12}
+    assert "held 1 ready or waiting task(s) as well" in out
+    assert job_states(environment, "paused") == {"held": 13}
     assert carried(environment, "record_order") == 5  # only the other job's attempts are left in the queue
     assert carried(environment, "null") == 3
     assert schedule(environment) == 0  # a running scheduler does not queue held tasks
@@ -104,15 +106,16 @@ def test_empty_queue_holds_and_releases_a_job(queue_name, backend, tmp_path, cle
     assert job_states(environment, "kept") == {"queued": 5, "ready": 3}
 
     out = environment.script("queue_management/empty_queue.py", "--job-name", "paused", "--release").stdout
-    assert "released 12 held task(s)" in out
+    assert "released 13 held task(s)" in out
+    assert job_states(environment, "paused") == {"ready": 12, "waiting": 1}  # the dependent waits for t0 again
     assert environment.script("queue_management/empty_queue.py", "--release").stdout.startswith("released 0")
     run_all(environment)
-    assert job_states(environment, "paused") == {"done": 12} and job_states(environment, "kept") == {"done": 8}
-    assert all(count == 1 for count in executions(order_log).values()) and len(executions(order_log)) == 17
+    assert job_states(environment, "paused") == {"done": 13} and job_states(environment, "kept") == {"done": 8}
+    assert all(count == 1 for count in executions(order_log).values()) and len(executions(order_log)) == 18
     with read_transaction(environment.engine) as connection:
         counts = connection.execute(sa.select(tasks.c.attempt_count).where(
             tasks.c.job_name == "paused", tasks.c.is_control.is_(False))).scalars().all()
-    assert counts == [1] * 12  # an attempt that was taken out of the queue never ran: it does not count
+    assert counts == [1] * 13  # an attempt that was taken out of the queue never ran: it does not count
     assert all(history == ["cancelled", "succeeded"] for task_id, history in attempts_by_task(environment).items()
                if len(history) > 1)
 

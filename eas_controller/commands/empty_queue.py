@@ -1,8 +1,9 @@
 """empty_queue.py: take queued attempts out of the job queue (SQL or RabbitMQ).
 
 Their tasks go back to 'ready', so the scheduler queues them again on its next pass; stop the scheduler
-first if you want the queue to stay empty, or use --hold: the selected tasks (queued or ready) are held
-until you release them with --release. Idempotent; prints what it changed."""
+first if you want the queue to stay empty, or use --hold: the selected tasks that are queued, ready or
+waiting are held until you release them with --release (running ones carry on). Idempotent; prints what
+it changed."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def empty(args) -> int:
         prefix, report["removed"], selection.describe(), queue.name, report["tasks"],
         "held" if args.hold else "back to ready"))
     if args.hold:
-        print("%sheld %d ready task(s) as well; release them with --release" % (prefix, report["held_ready"]))
+        print("%sheld %d ready or waiting task(s) as well; release them with --release" % (prefix, report["held_ready"]))
     elif report["tasks"]:
         print("note: a running scheduler queues ready tasks again; use --hold to keep them out")
     return 0
