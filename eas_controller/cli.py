@@ -71,3 +71,17 @@ def run(main: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def open_selection(args: argparse.Namespace):
+    """For the recovery commands: settings, engine and the checked task selection (--job-name, --task-type...)."""
+    from eas_controller import recovery
+
+    settings = settings_from(args)
+    engine = connect(settings)
+    selection = recovery.selection_from(args)
+    try:
+        recovery.check_task_types(engine, selection.task_types)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return settings, engine, selection

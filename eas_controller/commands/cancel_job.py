@@ -35,12 +35,7 @@ def cancel(args) -> int:
     selection = recovery.selection_from(args)
     if selection.is_everything and not args.all:
         raise cli.CommandError("name what to cancel (--job-name, --job-id, --task-type), or give --all")
-    settings = cli.settings_from(args)
-    engine = cli.connect(settings)
-    try:
-        recovery.check_task_types(engine, selection.task_types)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
+    settings, engine, selection = cli.open_selection(args)
     queue = make_queue(settings, engine)
     try:
         report = recovery.cancel(engine, queue, selection, args.dry_run)

@@ -36,13 +36,7 @@ def empty(args) -> int:
     from eas_controller import recovery
     from eas_controller.queues import make_queue
 
-    settings = cli.settings_from(args)
-    engine = cli.connect(settings)
-    selection = recovery.selection_from(args)
-    try:
-        recovery.check_task_types(engine, selection.task_types)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
+    settings, engine, selection = cli.open_selection(args)
     prefix = "dry run: would have " if args.dry_run else ""
     if args.release:
         report = recovery.release_held(engine, selection, args.dry_run)

@@ -40,13 +40,7 @@ def requeue(args) -> int:
     from eas_controller.queues import make_queue
     from eas_controller.queues.amqp import BrokerError
 
-    settings = cli.settings_from(args)
-    engine = cli.connect(settings)
-    selection = recovery.selection_from(args)
-    try:
-        recovery.check_task_types(engine, selection.task_types)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
+    settings, engine, selection = cli.open_selection(args)
     queue = make_queue(settings, engine)
     try:
         report = recovery.requeue_lost(engine, queue, selection, args.min_age, args.dry_run)

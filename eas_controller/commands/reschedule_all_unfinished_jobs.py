@@ -34,13 +34,7 @@ def reschedule(args) -> int:
     from eas_controller import recovery
     from eas_controller.queues import make_queue
 
-    settings = cli.settings_from(args)
-    engine = cli.connect(settings)
-    selection = recovery.selection_from(args)
-    try:
-        recovery.check_task_types(engine, selection.task_types)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
+    settings, engine, selection = cli.open_selection(args)
     queue = make_queue(settings, engine)
     try:
         report = recovery.reschedule_unfinished(engine, queue, selection, settings.max_attempts, args.dry_run,
