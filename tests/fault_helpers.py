@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import PROJECT_ROOT, make_environment
@@ -126,3 +127,18 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    """Makes Clusters on request and closes every one after the test."""
+    made = []
+
+    def make(backend: str = "sqlite", **settings) -> Cluster:
+        cluster = Cluster(backend, tmp_path, **settings)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()

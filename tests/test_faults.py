@@ -21,23 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import unavailable
-from fault_helpers import Cluster, process_gone, wait_for
+from fault_helpers import Cluster, cluster_factory, process_gone, wait_for  # noqa: F401 (fixture)
 
 SQL_QUEUE_BACKENDS = ["sqlite", "mysql"]
-
-
-@pytest.fixture
-def cluster_factory(tmp_path):
-    made = []
-
-    def make(backend: str = "sqlite", **settings) -> Cluster:
-        cluster = Cluster(backend, tmp_path, **settings)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
 
 
 def journal_lines(path) -> list[list[str]]:
