@@ -208,6 +208,10 @@ def job_summary(connection: Connection, job_id: int) -> list[dict]:
         .where(tasks.c.job_id == job_id, tasks.c.is_control.is_(False)).order_by(tasks.c.id)
     ).all()
     metadata = task_metadata(connection, [row.id for row in rows])
+    ids = connection.execute(sa.select(tasks.c.id, tasks.c.parent_id).where(tasks.c.job_id == job_id)).all()
+    order = {row["task_id"]: position for position, row in enumerate(_depth_first(
+        [dict(task_id=task_id, parent_id=parent_id) for task_id, parent_id in ids]))}
+    rows = sorted(rows, key=lambda row: order.get(row.id, 0))  # in chain order, loop bodies where the loop is
     return [dict(task_id=row.id, task=row.task_type + (" " + row.name if row.name else ""), state=row.state,
                  attempts=row.attempt_count, wall_s=None if row.wall_s is None else round(row.wall_s, 3),
                  worker=row.worker_name, loop_values=", ".join("%s=%s" % (k, _short(v, 16)) for k, v in
