@@ -65,16 +65,15 @@ def finish_task(connection: Connection, task_id: int, state: str, error_text: st
 def create_attempts(connection: Connection, task_rows: list, queue_name: str, now: float | None = None) -> list[dict]:
     """New queued attempts for tasks (rows with id, task_type, attempt_count, priority); tasks become queued."""
     now = now or time.time()
-    created = []
-    for row in task_rows:
-        number = row.attempt_count + 1
-        attempt_id = connection.execute(
-            attempts.insert().values(
-                task_id=row.id, number=number, task_type=row.task_type, state=states.A_QUEUED, queue=queue_name,
-                queued_at=now,
-            )
-        ).inserted_primary_key[0]
-        created.append(dict(attempt_id=attempt_id, task_id=row.id, task_type=row.task_type, priority=row.priority))
+    from eas_controller.submission import insert_rows_returning_ids  # one multi-row INSERT per batch
+
+    attempt_ids = insert_rows_returning_ids(connection, attempts, [
+        dict(task_id=row.id, number=row.attempt_count + 1, task_type=row.task_type, state=states.A_QUEUED,
+             queue=queue_name, queued_at=now)
+        for row in task_rows
+    ])
+    created = [dict(attempt_id=attempt_id, task_id=row.id, task_type=row.task_type, priority=row.priority)
+               for attempt_id, row in zip(attempt_ids, task_rows)]
     if task_rows:
         connection.execute(
             tasks.update()
@@ -88,11 +87,14 @@ def encode_value(value: Any) -> tuple[str, str]:
     return _VALUE_TYPES.get(type(value), "json"), json.dumps(value)
 
 
-def write_task_metadata(connection: Connection, task_id: int, attempt_id: int | None, items: dict) -> None:
-    """Store a task's output metadata (replacing what an earlier attempt wrote)."""
-    connection.execute(
-        metadata_items.delete().where(metadata_items.c.task_id == task_id, metadata_items.c.scope == "task")
-    )
+def write_task_metadata(connection: Connection, task_id: int, attempt_id: int | None, items: dict,
+                        replace: bool = True) -> None:
+    """Store a task's output metadata, replacing what an earlier attempt wrote (``replace=False``: the caller
+    knows there is none, e.g. a first attempt, and saves the DELETE on the hot path)."""
+    if replace:
+        connection.execute(
+            metadata_items.delete().where(metadata_items.c.task_id == task_id, metadata_items.c.scope == "task")
+        )
     rows = []
     for key, value in items.items():
         value_type, encoded = encode_value(value)

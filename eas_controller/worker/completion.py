@@ -119,7 +119,8 @@ def record_outcome(connection: Connection, worker: dict, prepared: PreparedAttem
     )
     write_log_lines(connection, attempt_id, task_id, logs)
     if succeeded:
-        lifecycle.write_task_metadata(connection, task_id, attempt_id, outcome.metadata)
+        first_attempt = prepared.claim.get("number", 0) == 1  # only an earlier success leaves metadata behind
+        lifecycle.write_task_metadata(connection, task_id, attempt_id, outcome.metadata, replace=not first_attempt)
         lifecycle.finish_task(connection, task_id, states.DONE)
         return states.A_SUCCEEDED
     reason = (outcome.error_text or "failed").strip().splitlines()[-1][:1000]
