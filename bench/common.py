@@ -147,6 +147,22 @@ def ensure_database(url: str) -> None:
     ensure_database_exists(url)
 
 
+def fresh_schema(url: str):
+    """An empty EAS schema (database created if missing, tables dropped and recreated) with the shipped task
+    types; returns an engine."""
+    from eas_controller.database.engine import make_engine, write_transaction
+    from eas_controller.database.manage import create_schema, drop_schema
+    from eas_controller.registry import read_registries, store_registry
+
+    ensure_database(url)
+    engine = make_engine(url)
+    drop_schema(engine)
+    create_schema(engine)
+    with write_transaction(engine) as connection:
+        store_registry(connection, read_registries([]))
+    return engine
+
+
 def dbapi_connect(url: str):
     """A raw DB-API connection (pymysql, psycopg, sqlite3) for ``url``: no SQLAlchemy in the way."""
     import sqlalchemy as sa

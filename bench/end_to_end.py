@@ -73,7 +73,7 @@ class Controller:
 
     def __init__(self, services: Services, backend: str, workers: int = 2, queue: str = "sql", tag: str = "e2e",
                  slots: int = 1):
-        from bench.queue_claim import fresh_schema
+        from bench.common import fresh_schema
 
         self.backend = backend
         self.url = services.sqlalchemy_url(backend, tag)

@@ -23,7 +23,7 @@ if __name__ == "__main__":
 import statistics
 import time
 
-from bench.common import BACKENDS, Result, Services, unavailable_reason
+from bench.common import BACKENDS, Result, Services, fresh_schema, unavailable_reason
 
 
 def nested_chain(outer: int, middle: int, inner: int) -> dict:
@@ -36,19 +36,6 @@ def nested_chain(outer: int, middle: int, inner: int) -> dict:
                     {"task": "null", "name": "leaf", "label": "('%.3f' % metadata['c'])",
                      "outputs": {"out": "'out_{a_index}_{b_index}_{c_index}.txt'.format(**metadata)"}},
                 ]}]}]}]}
-
-
-def fresh_schema(url: str):
-    from eas_controller.database.engine import make_engine, write_transaction
-    from eas_controller.database.manage import create_schema, drop_schema
-    from eas_controller.registry import read_registries, store_registry
-
-    engine = make_engine(url)
-    drop_schema(engine)
-    create_schema(engine)
-    with write_transaction(engine) as connection:
-        store_registry(connection, read_registries([]))
-    return engine
 
 
 def measure_once(url: str, shape: tuple[int, int, int]) -> dict:

@@ -25,25 +25,11 @@ import json
 import socket
 import time
 
-from bench.common import BACKENDS, Result, Services, duplicate_count, run_processes, unavailable_reason
+from bench.common import BACKENDS, Result, Services, duplicate_count, fresh_schema, run_processes, unavailable_reason
 
 
 def amqp_queue_available() -> bool:
     return importlib.util.find_spec("eas_controller.queues.amqp") is not None
-
-
-def fresh_schema(url: str):
-    """An empty EAS schema (dropped and recreated) with the shipped task types; returns an engine."""
-    from eas_controller.database.engine import make_engine, write_transaction
-    from eas_controller.database.manage import create_schema, drop_schema
-    from eas_controller.registry import read_registries, store_registry
-
-    engine = make_engine(url)
-    drop_schema(engine)
-    create_schema(engine)
-    with write_transaction(engine) as connection:
-        store_registry(connection, read_registries([]))
-    return engine
 
 
 def null_chain(count: int, job_name: str = "bench") -> dict:

@@ -146,7 +146,7 @@ def measure_at(engine, queue, claims: int = 200, promote: int = 1000, idle_passe
 
 def history_scaling(services: Services, backend: str, sizes=(10_000, 100_000, 1_000_000), claims: int = 200,
                     promote: int = 1000) -> list[Result]:
-    from bench.queue_claim import fresh_schema
+    from bench.common import fresh_schema
     from eas_controller.queues.sql import SqlQueue
 
     url = services.sqlalchemy_url(backend, "scale")
@@ -175,7 +175,8 @@ def history_scaling(services: Services, backend: str, sizes=(10_000, 100_000, 1_
 
 
 def submit_rate(services: Services, backend: str, tasks: int) -> Result:
-    from bench.queue_claim import fresh_schema, null_chain
+    from bench.common import fresh_schema
+    from bench.queue_claim import null_chain
     from eas_controller.submission import submit_chain
 
     engine = fresh_schema(services.sqlalchemy_url(backend, "submit"))

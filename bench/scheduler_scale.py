@@ -28,27 +28,11 @@ import json
 import statistics
 import time
 
-from bench.common import BACKENDS, Result, Services, delete_amqp_queues, unavailable_reason
+from bench.common import BACKENDS, Result, Services, delete_amqp_queues, fresh_schema, unavailable_reason
 
 GROUP = "scheduler_scale"
 READY_PER_ROUND = 100
 SIZES = (1_000, 100_000)
-
-
-def fresh_database(url: str):
-    """An empty EAS schema with the shipped task types."""
-    from bench.common import ensure_database
-    from eas_controller.database.engine import make_engine, write_transaction
-    from eas_controller.database.manage import create_schema, drop_schema
-    from eas_controller.registry import read_registries, store_registry
-
-    ensure_database(url)
-    engine = make_engine(url)
-    drop_schema(engine)
-    create_schema(engine)
-    with write_transaction(engine) as connection:
-        store_registry(connection, read_registries([]))
-    return engine
 
 
 def insert_tasks(engine, count: int, state: str, job_id: int | None = None) -> int:
@@ -105,7 +89,7 @@ def run_backend(label: str, url: str, queue_name: str, services: Services, round
     from eas_controller.config import Settings
     from eas_controller.queues import make_queue
 
-    engine = fresh_database(url)
+    engine = fresh_schema(url)
     prefix = "eas_bench_scale_%s." % os.urandom(4).hex()
     settings = Settings(db_url=url, queue=queue_name, amqp_url=services.amqp_url, amqp_queue_prefix=prefix)
     queue = make_queue(settings, engine)
