@@ -58,17 +58,24 @@ def pause_outside_transactions(cluster: Cluster, process: subprocess.Popen, atte
         time.sleep(0.05)
 
 
+def start_long_task(cluster_factory, tmp_path, backend: str, name: str, seconds: float, worker_name: str):
+    """A short-lease cluster running one ``fault_sleep_write`` task on a first worker; returns (cluster, journal,
+    that worker) once the task has started."""
+    cluster = cluster_factory(backend, lease_seconds=3, max_attempts=3, retry_backoff_s=0.2)
+    journal = tmp_path / "journal"
+    cluster.submit([{"task": "fault_sleep_write", "name": name, "seconds": seconds, "journal": str(journal),
+                     "outputs": {"text": name + ".txt"}}])
+    cluster.scheduler()
+    worker = cluster.worker("--concurrency", "1", name=worker_name)
+    wait_for(lambda: journal_lines(journal), 30, "the task to start on the first worker")
+    return cluster, journal, worker
+
+
 # -- a worker dies ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
 def test_a_task_of_a_worker_killed_with_sigkill_reruns_on_another_worker(cluster_factory, tmp_path, backend):
-    cluster = cluster_factory(backend, lease_seconds=3, max_attempts=3, retry_backoff_s=0.2)
-    journal = tmp_path / "journal"
-    cluster.submit([{"task": "fault_sleep_write", "name": "long", "seconds": 4, "journal": str(journal),
-                     "outputs": {"text": "long.txt"}}])
-    cluster.scheduler()
-    doomed = cluster.worker("--concurrency", "1", name="doomed")
-    wait_for(lambda: journal_lines(journal), 30, "the task to start on the first worker")
+    cluster, journal, doomed = start_long_task(cluster_factory, tmp_path, backend, "long", 4, "doomed")
     task_processes = psutil.Process(doomed.pid).children(recursive=True)
     doomed.kill()
     doomed.wait()
@@ -92,13 +99,7 @@ def test_a_task_of_a_worker_killed_with_sigkill_reruns_on_another_worker(cluster
 
 @pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
 def test_a_worker_paused_past_its_lease_finds_its_results_discarded(cluster_factory, tmp_path, backend):
-    cluster = cluster_factory(backend, lease_seconds=3, max_attempts=3, retry_backoff_s=0.2)
-    journal = tmp_path / "journal"
-    cluster.submit([{"task": "fault_sleep_write", "name": "contested", "seconds": 3, "journal": str(journal),
-                     "outputs": {"text": "contested.txt"}}])
-    cluster.scheduler()
-    paused = cluster.worker("--concurrency", "1", name="paused")
-    wait_for(lambda: journal_lines(journal), 30, "the task to start on the first worker")
+    cluster, journal, paused = start_long_task(cluster_factory, tmp_path, backend, "contested", 3, "paused")
     first_id = int(journal_lines(journal)[0][1])
     pause_outside_transactions(cluster, paused, first_id)  # its task process keeps running and finishes
     wait_for(lambda: cluster.attempts_of("contested")[0].state == "stalled", 30, "the lease to expire")
