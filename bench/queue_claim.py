@@ -4,8 +4,9 @@
 The database holds real tasks with queued attempts (submitted and promoted by the scheduler's own code,
 before the clock starts). Each process registers as a worker and loops: claim up to ``limit`` attempts
 (the SQL queue: ``SELECT ... FOR UPDATE SKIP LOCKED`` on its narrow table; the AMQP queue: a delivery,
-then the claim in SQL), then record each as succeeded with the fenced completion transaction the worker
-uses (``worker.completion.record_outcome``). No task process runs: this is the queue and the database
+then the claim in SQL), then record them as succeeded with the fenced completion transaction the worker
+uses (``worker.completion.record_outcomes``: the attempts of one claim in one transaction, as the worker's
+recorder groups results that finish together). No task process runs: this is the queue and the database
 alone. Every claim is recorded with its claimer (attempt and task ids) and checked for duplicates.
 """
 
@@ -61,18 +62,20 @@ def register_worker(engine, name: str) -> dict:
     return dict(id=run_transaction(engine, body), name=name, host=socket.gethostname(), pid=os.getpid())
 
 
-def complete(engine, worker: dict, claim: dict) -> str:
-    """The worker's completion transaction for an attempt that succeeded in no time."""
+def complete(engine, worker: dict, claims: list[dict]) -> list[str]:
+    """The worker's completion transaction for attempts that succeeded in no time: the claimed group is
+    recorded together, as a worker's recorder does with results that finish together."""
     from eas_controller.database.engine import run_transaction
     from eas_controller.worker import completion
     from eas_controller.worker.execution import Outcome, PreparedAttempt
 
-    prepared = PreparedAttempt(claim=claim, task_type=None, work_dir="", environment={}, inputs={}, outputs={},
-                               final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
-                               stdout_path="", stderr_path="", description=claim["description"])
-    outcome = Outcome(succeeded=True, exit_status=0, wall_s=0.0)
-    return run_transaction(engine, lambda connection: completion.record_outcome(
-        connection, worker, prepared, outcome, {}, 1, 5.0))
+    items = []
+    for claim in claims:
+        prepared = PreparedAttempt(claim=claim, task_type=None, work_dir="", environment={}, inputs={}, outputs={},
+                                   final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
+                                   stdout_path="", stderr_path="", description=claim["description"])
+        items.append(completion.Completion(prepared, Outcome(succeeded=True, exit_status=0, wall_s=0.0), {}))
+    return run_transaction(engine, lambda connection: completion.record_outcomes(connection, worker, items, 1, 5.0))
 
 
 def claim_loop(url: str, settings, limit: int, claimer: int) -> tuple[list, dict]:
@@ -93,10 +96,8 @@ def claim_loop(url: str, settings, limit: int, claimer: int) -> tuple[list, dict
             time.sleep(0.01)
             continue
         last_claim = time.time()
-        for claim in claims:
-            claimed.append((claim["attempt_id"], claim["task_id"]))
-            if complete(engine, worker, claim) != "succeeded":
-                lost += 1
+        claimed.extend((claim["attempt_id"], claim["task_id"]) for claim in claims)
+        lost += sum(result != "succeeded" for result in complete(engine, worker, claims))
     queue.close()
     engine.dispose()
     return claimed, dict(lost=lost)

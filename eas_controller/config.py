@@ -49,7 +49,7 @@ class Settings:
     lease_seconds: float = 60.0
     max_attempts: int = 1
     retry_backoff_s: float = 5.0  # wait before the 2nd attempt of a task; doubles for each further one
-    scheduler_interval: float = 2.0
+    scheduler_interval: float = 0.5
     task_type_files: list[str] = dataclasses.field(default_factory=list)
     settings_path: str | None = None  # where these settings were read from / will be saved
 

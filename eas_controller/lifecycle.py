@@ -20,36 +20,57 @@ from eas_controller.database.schema import attempts, metadata_items, task_depend
 _VALUE_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
 
 
-def release_dependants(connection: Connection, task_id: int, now: float | None = None) -> None:
-    """Mark ``task_id`` as delivered to the tasks that wait for it; those with nothing left to wait for become ready.
+def release_dependants(connection: Connection, task_ids: int | Iterable[int], now: float | None = None) -> list[int]:
+    """Mark the tasks ``task_ids`` as delivered to the tasks that wait for them; those with nothing left to
+    wait for become ready. Returns the dependants' ids.
 
-    Three statements, on every task completion: find the dependants, count each down (a dependant whose last
-    dependency this was becomes ready in the same UPDATE), mark the dependency rows satisfied.
+    Three statements however many tasks finished together (a worker records a group of completions in one
+    transaction): find the dependants with how many of their dependencies are among ``task_ids``, count
+    each down by that many (a dependant whose last dependencies these were becomes ready in the same
+    UPDATE; one UPDATE per distinct amount, usually one), mark the dependency rows satisfied.
     """
+    task_ids = [task_ids] if isinstance(task_ids, int) else list(task_ids)
     now = now or time.time()
     deps = task_dependencies
-    waiting_on_it = sa.select(deps.c.task_id).where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False))
-    dependant_ids = [row[0] for row in connection.execute(waiting_on_it)]
-    if not dependant_ids:
-        return
-    last_dependency = sa.and_(
-        tasks.c.unmet_dependencies == 1,
-        sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
-    )
-    # The state is assigned first, from the count before this update: MySQL evaluates SET clauses left to
-    # right with the new values, PostgreSQL and SQLite with the old ones; in this order both agree.
-    connection.execute(
-        tasks.update()
-        .where(tasks.c.id.in_(dependant_ids))
-        .ordered_values(
-            (tasks.c.state, sa.case((last_dependency, states.READY), else_=tasks.c.state)),
-            (tasks.c.unmet_dependencies, tasks.c.unmet_dependencies - 1),
-            (tasks.c.updated_at, now),
+    delivered: dict[int, int] = {}  # dependant -> how many of its dependencies finished now
+    for chunk in _chunks(task_ids):
+        rows = connection.execute(
+            sa.select(deps.c.task_id, sa.func.count()).where(deps.c.requires_task_id.in_(chunk), deps.c.satisfied.is_(False))
+            .group_by(deps.c.task_id))
+        for dependant, count in rows:
+            delivered[dependant] = delivered.get(dependant, 0) + count
+    if not delivered:
+        return []
+    by_amount: dict[int, list[int]] = {}
+    for dependant, count in delivered.items():
+        by_amount.setdefault(count, []).append(dependant)
+    for amount, dependant_ids in sorted(by_amount.items()):
+        last_dependencies = sa.and_(
+            tasks.c.unmet_dependencies == amount,
+            sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
         )
-    )
-    connection.execute(
-        deps.update().where(deps.c.requires_task_id == task_id, deps.c.satisfied.is_(False)).values(satisfied=True)
-    )
+        # The state is assigned first, from the count before this update: MySQL evaluates SET clauses left to
+        # right with the new values, PostgreSQL and SQLite with the old ones; in this order both agree.
+        for chunk in _chunks(sorted(dependant_ids)):
+            connection.execute(
+                tasks.update()
+                .where(tasks.c.id.in_(chunk))
+                .ordered_values(
+                    (tasks.c.state, sa.case((last_dependencies, states.READY), else_=tasks.c.state)),
+                    (tasks.c.unmet_dependencies, tasks.c.unmet_dependencies - amount),
+                    (tasks.c.updated_at, now),
+                )
+            )
+    for chunk in _chunks(task_ids):
+        connection.execute(
+            deps.update().where(deps.c.requires_task_id.in_(chunk), deps.c.satisfied.is_(False)).values(satisfied=True)
+        )
+    return sorted(delivered)
+
+
+def _chunks(ids: list[int], size: int = 500):
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 def finish_task(connection: Connection, task_id: int, state: str, error_text: str | None = None) -> None:
@@ -59,7 +80,31 @@ def finish_task(connection: Connection, task_id: int, state: str, error_text: st
         tasks.update().where(tasks.c.id == task_id).values(state=state, error_text=error_text, updated_at=now)
     )
     if state == states.DONE:
-        release_dependants(connection, task_id, now)
+        release_dependants(connection, [task_id], now)
+
+
+def finish_tasks_done(connection: Connection, task_ids: list[int], now: float | None = None) -> list[int]:
+    """:func:`finish_task` ``done`` for a group of tasks in a few statements; returns their dependants' ids."""
+    now = now or time.time()
+    for chunk in _chunks(task_ids):
+        connection.execute(tasks.update().where(tasks.c.id.in_(chunk)).values(state=states.DONE, error_text=None,
+                                                                             updated_at=now))
+    return release_dependants(connection, task_ids, now)
+
+
+def ready_plain_tasks(connection: Connection, task_ids: list[int]) -> list:
+    """Of ``task_ids``, the plain tasks (not control flow, no late fields, no retry wait) that are ready: what
+    a completion may queue at once instead of waiting for the scheduler's next pass. The caller's
+    transaction already holds their rows (it just made them ready), so no scheduler can queue them too."""
+    rows = []
+    for chunk in _chunks(task_ids):
+        rows.extend(connection.execute(
+            sa.select(tasks.c.id, tasks.c.task_type, tasks.c.attempt_count, tasks.c.priority)
+            .where(tasks.c.id.in_(chunk), tasks.c.state == states.READY, tasks.c.is_control.is_(False),
+                   tasks.c.needs_evaluation.is_(False), tasks.c.not_before.is_(None))
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+        ).all())
+    return rows
 
 
 def create_attempts(connection: Connection, task_rows: list, queue_name: str, now: float | None = None) -> list[dict]:
@@ -95,12 +140,19 @@ def write_task_metadata(connection: Connection, task_id: int, attempt_id: int | 
         connection.execute(
             metadata_items.delete().where(metadata_items.c.task_id == task_id, metadata_items.c.scope == "task")
         )
+    rows = metadata_rows(task_id, attempt_id, items)
+    if rows:
+        connection.execute(metadata_items.insert(), rows)
+
+
+def metadata_rows(task_id: int, attempt_id: int | None, items: dict) -> list[dict]:
+    """The rows of a task's output metadata (typed values, JSON-encoded)."""
     rows = []
     for key, value in items.items():
         value_type, encoded = encode_value(value)
-        rows.append(dict(scope="task", task_id=task_id, attempt_id=attempt_id, key=str(key)[:255], value_type=value_type, value=encoded))
-    if rows:
-        connection.execute(metadata_items.insert(), rows)
+        rows.append(dict(scope="task", task_id=task_id, attempt_id=attempt_id, key=str(key)[:255], value_type=value_type,
+                         value=encoded))
+    return rows
 
 
 def output_metadata(connection: Connection, task_ids: Iterable[int]) -> dict[int, dict]:
@@ -176,7 +228,7 @@ def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict,
     )
     rows = connection.execute(
         sa.select(
-            attempts.c.id.label("attempt_id"), attempts.c.number, tasks.c.id.label("task_id"), tasks.c.task_type,
+            attempts.c.id.label("attempt_id"), attempts.c.number, attempts.c.started_at, tasks.c.id.label("task_id"), tasks.c.task_type,
             tasks.c.job_id, tasks.c.job_name, tasks.c.name, tasks.c.working_directory, tasks.c.description,
             tasks.c.metadata, tasks.c.max_attempts, tasks.c.chain_path,
             sa.exists().where(task_dependencies.c.task_id == tasks.c.id, task_dependencies.c.kind == "metadata")

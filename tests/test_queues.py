@@ -225,9 +225,15 @@ def test_switching_sql_amqp_sql_with_500_queued(backend, tmp_path, cleanup):
     stop([worker])
     ran_on_amqp = len(executions(order_log))
 
+    with read_transaction(environment.engine) as connection:  # claimed ahead, not started: given back at shutdown
+        released = connection.execute(sa.select(attempts.c.error_text).where(attempts.c.state == "cancelled")).scalars().all()
+        ready = connection.execute(sa.select(sa.func.count()).select_from(tasks).where(tasks.c.state == "ready")).scalar()
+    assert len(released) == ready <= 10
+    assert all(text.startswith("released: the worker shut down before starting it") for text in released)
+
     out = environment.script("database_initialisation/init_queues.py", "--queue_implementation", "sql").stdout
     moved = int(re.search(r"moved (\d+) queued attempt", out).group(1))
-    assert moved == 500 - ran_on_amqp, out
+    assert moved == 500 - ran_on_amqp - len(released), out
     environment.settings.queue = "sql"
     assert broker_depth(environment, "record_order") == 0
     with open(environment.settings.settings_path) as handle:

@@ -35,6 +35,10 @@ def build_parser():
                         help="lease length (default: setting lease_seconds / EAS_LEASE_SECONDS, 60)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="longest idle wait between claims (s)")
     parser.add_argument("--keep-scratch", action="store_true", help="keep each attempt's scratch folder")
+    parser.add_argument("--prefetch", type=int, default=10,
+                        help="for task types whose recent attempts took under 0.25 s: attempts claimed ahead per slot, "
+                             "so short tasks run back to back and are claimed and recorded in groups (default 10; "
+                             "0: claim only for free slots)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -58,6 +62,8 @@ def work(args) -> int:
             raise cli.CommandError("--%s must be positive" % flag.replace("_", "-"))
     if args.gpus is not None and args.gpus < 0:
         raise cli.CommandError("--gpus must not be negative")
+    if args.prefetch < 0:
+        raise cli.CommandError("--prefetch must not be negative")
     cpus = args.cpus if args.cpus is not None else float(os.cpu_count() or 1)
     concurrency = args.concurrency or max(1, int(cpus))
     task_types = [name.strip() for name in args.task_types.split(",") if name.strip()] if args.task_types else None
@@ -65,7 +71,7 @@ def work(args) -> int:
     worker = Worker(settings, engine, make_queue(settings, engine), name=args.name, concurrency=concurrency,
                     task_types=task_types, cpus=cpus, gpus=args.gpus, memory_gb=args.memory_gb, burst=args.burst,
                     nice=args.nice, grace_period=args.grace_period, poll_interval=args.poll_interval,
-                    keep_scratch=args.keep_scratch)
+                    keep_scratch=args.keep_scratch, prefetch=args.prefetch)
     try:
         return worker.run()
     except ValueError as error:

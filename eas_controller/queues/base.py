@@ -18,6 +18,10 @@ class Queue:
     """
 
     name = "base"
+    #: Entries are rows of the controller's database, written by ``enqueue`` in the caller's transaction and
+    #: visible when it commits; a worker's completion may then queue the tasks it made ready (see
+    #: ``worker.completion.record_outcomes``). A broker needs a publish after the commit, left to the scheduler.
+    in_database = False
 
     def enqueue(self, connection: Connection, entries: list[dict]) -> None:
         raise NotImplementedError

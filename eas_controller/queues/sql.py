@@ -22,6 +22,7 @@ from eas_controller.queues.base import Queue
 
 class SqlQueue(Queue):
     name = "sql"
+    in_database = True
 
     def __init__(self, engine: Engine):
         self.engine = engine

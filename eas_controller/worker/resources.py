@@ -70,6 +70,11 @@ class Capacity:
                         limit = min(limit, int((self.free[key] + 1e-9) // need))
             return sorted(t.name for t in fitting), max(limit, 0)
 
+    def fits(self, task_type: TaskType) -> bool:
+        """Whether an attempt of ``task_type`` could start now (a free slot, and its needs free)."""
+        with self.lock:
+            return self.free_slots >= 1 and all(n <= self.free[k] + 1e-9 for k, n in self.needs(task_type).items())
+
     def take(self, task_type: TaskType) -> list[str] | None:
         """Reserve what an attempt needs; returns its GPU ids (None on a worker without GPUs)."""
         with self.lock:

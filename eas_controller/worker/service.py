@@ -1,9 +1,16 @@
 """The worker: claims attempts it can run, runs them in child processes, records the results.
 
-Threads: the main thread claims (a small batch, up to its free slots and capacity); one thread per slot
-runs attempts; a heartbeat thread renews the leases of running attempts, writes their new log lines,
-and updates the worker's row (last seen, free slots) — independently of how busy the tasks keep the CPU,
-since tasks run in other processes.
+Threads: the main thread claims (a small batch, up to its free slots and capacity) and hands attempts to
+the slots; one thread per slot runs attempts; a recorder thread writes their results, several per
+transaction when several finish together; a heartbeat thread renews the leases of claimed attempts,
+writes their new log lines, and updates the worker's row (last seen, free slots) — independently of how
+busy the tasks keep the CPU, since tasks run in other processes.
+
+Short tasks: for task types whose recent attempts took under ``PREFETCH_HORIZON_S``, the worker claims up
+to ``prefetch`` attempts per slot ahead of time (a local backlog, leased like running attempts), so a
+slot starts its next attempt without waiting for a claim and one transaction claims, or records, many
+attempts. Types that run longer, or have not run here yet, are never claimed ahead: a long task cannot
+hold others hostage in a busy worker's backlog.
 
 Ownership: every write about an attempt is fenced (it happens only while the attempt is still ``running``
 under this worker). When the heartbeat finds an attempt taken away — its lease expired while this worker
@@ -17,6 +24,7 @@ database or broker connections are retried with backoff and logged; the worker d
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -32,7 +40,7 @@ import traceback
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eas_controller import products, states
+from eas_controller import states
 from eas_controller.config import Settings
 from eas_controller.database.engine import is_retryable, read_transaction, run_transaction
 from eas_controller.database.schema import attempts, tasks, workers
@@ -48,6 +56,11 @@ log = logging.getLogger("eas.worker")
 
 #: How often the worker re-reads the task-type registry (new types, changed timeouts).
 REGISTRY_REFRESH_S = 60.0
+#: Attempts of a task type are claimed ahead of free slots only while its recent attempts (preparation,
+#: run and checks) took less than this, on average.
+PREFETCH_HORIZON_S = 0.25
+#: At most this many results are recorded in one transaction.
+MAX_GROUP = 100
 
 
 @dataclasses.dataclass
@@ -61,6 +74,7 @@ class RunningAttempt:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # stop the task now
     lost: str | None = None  # why ownership was lost ("cancelled", "stalled"...), once it was
     recording: bool = False  # the completion transaction has started
+    started_at: float | None = None  # when a slot took it (prefetched attempts wait in the backlog first)
 
     @property
     def attempt_id(self) -> int:
@@ -74,7 +88,7 @@ class Worker:
     def __init__(self, settings: Settings, engine: Engine, queue: Queue, name: str | None = None, concurrency: int = 1,
                  task_types: list[str] | None = None, cpus: float | None = None, gpus: int | None = None,
                  memory_gb: float | None = None, burst: bool = False, nice: int = 0, grace_period: float = 30.0,
-                 poll_interval: float = 1.0, keep_scratch: bool = False):
+                 poll_interval: float = 1.0, keep_scratch: bool = False, prefetch: int = 10):
         import psutil
 
         self.settings = settings
@@ -95,6 +109,10 @@ class Worker:
         self.grace_period = grace_period
         self.poll_interval = poll_interval
         self.keep_scratch = keep_scratch
+        self.prefetch = max(0, int(prefetch))
+        self.backlog: collections.deque[RunningAttempt] = collections.deque()  # claimed, waiting for a slot
+        self.durations: dict[str, float] = {}  # task type -> moving average of its attempts' slot time (s)
+        self.completions: queue_module.Queue = queue_module.Queue()  # finished, waiting to be recorded
         self.lease_seconds = settings.lease_seconds
         self.stopping = threading.Event()  # stop claiming
         self.kill_running = threading.Event()  # stop running attempts (after the grace period)
@@ -182,14 +200,19 @@ class Worker:
             slot.start()
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
+        recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
+        recorder.start()
         idle_wait = 0.01
         failures = 0
         try:
             while not self.stopping.is_set():
+                self.finished.clear()  # before looking: a slot that finishes from now on wakes the wait below
                 try:
                     if time.time() - self.types_loaded_at > REGISTRY_REFRESH_S:
                         self.load_types()
+                    self._dispatch()
                     claimed = self._claim()
+                    self._dispatch()
                     if not claimed and self.burst and not self.running and not self._work_may_come():
                         break
                     failures = 0
@@ -203,16 +226,23 @@ class Worker:
                 if claimed:
                     idle_wait = 0.01
                     continue
-                self.finished.wait(idle_wait)
-                self.finished.clear()
-                idle_wait = min(self.poll_interval, idle_wait * 2)
+                if self.finished.wait(idle_wait):
+                    idle_wait = 0.01  # a slot came free: claim for it at once, and poll briskly after it
+                else:
+                    idle_wait = min(self.poll_interval, idle_wait * 2)
         finally:
-            self._shut_down(slots)
+            self._shut_down(slots, recorder)
         return 0
 
     def _claim(self) -> int:
+        """Claim for the free slots, plus attempts of short task types ahead of time; they join the backlog."""
         names, limit = self.capacity.claimable(self.types)
-        if limit < 1:
+        ahead = self._prefetch_room()
+        if limit >= 1 and ahead and all(name in ahead[0] for name in names):
+            limit += ahead[1]  # every type the free slots could take is short: claim ahead in the same query
+        elif limit < 1 and ahead and self.capacity.free_slots < 1:
+            names, limit = sorted(ahead[0]), ahead[1]  # all slots busy: fill the backlog with short work
+        if limit < 1 or not names:
             return 0
         all_types = self.type_filter is None and len(names) == len(self.types) == len(self.all_type_names)
         self.claiming_since = time.time()
@@ -226,13 +256,48 @@ class Worker:
                 if task_type is None:
                     self._give_back(claim, "released: this worker cannot run task type %s" % claim["task_type"])
                     continue
-                running = RunningAttempt(claim, task_type, self.capacity.take(task_type))
+                running = RunningAttempt(claim, task_type, None)
                 with self.running_lock:
                     self.running[running.attempt_id] = running
-                self.work.put(running)
+                self.backlog.append(running)
         finally:
             self.claiming_since = None
         return len(claims)
+
+    def _prefetch_room(self) -> tuple[set, int] | None:
+        """(short task types, how many more attempts the backlog may take), or None when nothing may be
+        claimed ahead. The backlog holds at most ``prefetch`` per slot, and no more than the slots get
+        through in about ``PREFETCH_HORIZON_S``."""
+        if not self.prefetch or self.stopping.is_set():
+            return None
+        short = {name: took for name, took in self.durations.items() if name in self.types and took < PREFETCH_HORIZON_S}
+        if not short:
+            return None
+        slowest = max(max(short.values()), 0.001)
+        size = min(self.prefetch, int(PREFETCH_HORIZON_S / slowest)) * self.concurrency
+        room = size - len(self.backlog)
+        return (set(short), room) if room > 0 else None
+
+    def _dispatch(self) -> None:
+        """Hand backlog attempts to free slots, in claim order, while the next one fits the free capacity."""
+        while self.backlog:
+            running = self.backlog[0]
+            if running.lost:  # taken away while it waited (cancelled, or its lease expired): never started
+                self.backlog.popleft()
+                self._forget(running)
+                self._report_lost(running)
+                self.counts["lost"] += 1
+                continue
+            if not self.capacity.fits(running.task_type):
+                return
+            self.backlog.popleft()
+            running.gpu_ids = self.capacity.take(running.task_type)
+            self.work.put(running)
+
+    def _forget(self, running: RunningAttempt) -> None:
+        with self.running_lock:
+            self.running.pop(running.attempt_id, None)
+        self.finished.set()
 
     def _give_back(self, claim: dict, note: str) -> None:
         log.warning("attempt %d (task %d): %s", claim["attempt_id"], claim["task_id"], note)
@@ -263,20 +328,23 @@ class Worker:
                 running = self.work.get()
                 if running is None:
                     return
+                handed_over = False
                 try:
-                    self._run_attempt(running, child)
+                    handed_over = self._run_attempt(running, child)
                 except Exception:
                     log.exception("attempt %d: unexpected error in the worker", running.attempt_id)
                 finally:
-                    with self.running_lock:
-                        self.running.pop(running.attempt_id, None)
                     self.capacity.give_back(running.task_type, running.gpu_ids)
+                    if not handed_over:
+                        self._forget(running)
                     self.finished.set()
         finally:
             child.close()
 
-    def _run_attempt(self, running: RunningAttempt, child: PythonChild) -> None:
+    def _run_attempt(self, running: RunningAttempt, child: PythonChild) -> bool:
+        """Run one attempt and check its outputs; True once its result is handed to the recorder."""
         claim, task_type, logs = running.claim, running.task_type, running.logs
+        running.started_at = time.time()
         prepared = None
         try:
             prepared = prepare(claim, task_type, self.settings.data_dir, running.gpu_ids, logs)
@@ -288,19 +356,17 @@ class Worker:
         except Exception:  # the worker could not start or watch the task: fail the attempt with the reason
             outcome = Outcome(succeeded=False, error_text="the worker could not run the task:\n" + traceback.format_exc())
         if running.lost:  # the heartbeat found it taken away and stopped it: nothing of this run is kept
-            result = completion.LOST
-        else:
-            result = self._complete(running, prepared, outcome, child)
-        if result == completion.LOST:
-            self._report_lost(running)
-        self.counts[result if result in self.counts else "failed"] += 1
-        log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
-                 result, outcome.wall_s, "" if result != states.A_FAILED else ": " + _first_line(outcome.error_text))
-        if prepared is not None and (not self.keep_scratch or result == completion.LOST):
-            shutil.rmtree(prepared.work_dir, ignore_errors=True)
+            self._finished(running, prepared, outcome, completion.LOST)
+            return False
+        item = self._check(running, prepared, outcome, child)
+        took = time.time() - running.started_at
+        previous = self.durations.get(task_type.name)
+        self.durations[task_type.name] = took if previous is None else 0.8 * previous + 0.2 * took
+        self.completions.put((running, item))
+        return True
 
-    def _complete(self, running: RunningAttempt, prepared, outcome: Outcome, child: PythonChild) -> str:
-        """Check the outputs, then record the result in the fenced completion transaction."""
+    def _check(self, running: RunningAttempt, prepared, outcome: Outcome, child: PythonChild) -> completion.Completion:
+        """Check the outputs (in the slot: QC runs in its child) and say in the attempt's log how it ended."""
         logs = running.logs
         release = outcome.stopped and self.kill_running.is_set() and not running.lost
         made = {}
@@ -319,24 +385,84 @@ class Worker:
             logs.add("ERROR", "worker", outcome.error_text or "failed")
         if prepared is None:  # nothing was set up: record the failure without files
             prepared = _bare_prepared(running, self.settings.data_dir)
-        publication = products.Publication()
-        running.recording = True
+        return completion.Completion(prepared, outcome, made, release, started_at=running.started_at)
+
+    def _finished(self, running: RunningAttempt, prepared, outcome: Outcome, result: str) -> None:
+        """After the result is recorded (or discarded): say so, count it, clean the scratch folder."""
+        claim = running.claim
+        if result == completion.LOST:
+            self._report_lost(running)
+        self.counts[result if result in self.counts else "failed"] += 1
+        log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
+                 result, outcome.wall_s, "" if result != states.A_FAILED else ": " + _first_line(outcome.error_text))
+        if prepared is not None and prepared.work_dir and (not self.keep_scratch or result == completion.LOST):
+            shutil.rmtree(prepared.work_dir, ignore_errors=True)
+
+    # -- recording -------------------------------------------------------------------------------------------
+    def _record_loop(self) -> None:
+        """Record results as they come; what finished while the previous transaction ran goes in the next one."""
+        while True:
+            first = self.completions.get()
+            if first is None:
+                return
+            group, stop = [first], False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self.completions.get_nowait()
+                except queue_module.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            try:
+                self._record(group)
+            except Exception:
+                log.exception("recording %d result(s) failed unexpectedly", len(group))
+            finally:
+                for running, _item in group:
+                    self._forget(running)
+            if stop:
+                return
+
+    def _record(self, group: list) -> None:
+        """One fenced transaction for the whole group; if it fails for a reason retrying cannot mend (bad data),
+        each attempt is recorded alone, and one that still fails is recorded as failed with the reason."""
+        for running, _item in group:
+            running.recording = True
+        queue = self.queue if self.queue.in_database else None
+        items = [item for _running, item in group]
 
         def body(connection):
-            return completion.record_outcome(connection, self.record, prepared, outcome, made, self.settings.max_attempts,
-                                             self.settings.retry_backoff_s, release, publication)
+            return completion.record_outcomes(connection, self.record, items, self.settings.max_attempts,
+                                              self.settings.retry_backoff_s, queue)
 
         try:
-            result = run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
-            publication.commit()  # drop the hard links that kept the previous versions during the transaction
-            return result
-        except Exception as error:  # not retryable (bad data...): still end the attempt, with the reason
-            log.exception("attempt %d: the result could not be recorded", running.attempt_id)
-            publication.undo()
-            outcome.succeeded, made = False, {}
-            outcome.error_text = "the worker could not record the result: %s" % _first_line(str(error))
-            outcome.log_lines = [(time.time(), "ERROR", "worker", outcome.error_text)]
-            return run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
+            results = run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
+        except Exception:
+            if len(group) > 1:
+                for one in group:
+                    self._record([one])
+                return
+            results = [self._record_failure(group[0][1], queue)]
+        for (running, item), result in zip(group, results):
+            if result != completion.LOST:
+                item.publication.commit()  # drop the hard links that kept the previous versions during the transaction
+            self._finished(running, item.prepared, item.outcome, result)
+
+    def _record_failure(self, item: completion.Completion, queue) -> str:
+        """The result could not be recorded (not a lost connection: that is retried): end the attempt anyway."""
+        import sys
+
+        error = sys.exc_info()[1]
+        log.exception("attempt %d: the result could not be recorded", item.attempt_id)
+        item.publication.undo()
+        item.outcome.succeeded, item.made = False, {}
+        item.outcome.error_text = "the worker could not record the result: %s" % _first_line(str(error))
+        item.outcome.log_lines = [(time.time(), "ERROR", "worker", item.outcome.error_text)]
+        return run_transaction(self.engine, lambda connection: completion.record_outcomes(
+            connection, self.record, [item], self.settings.max_attempts, self.settings.retry_backoff_s, queue)[0],
+            attempts=0, on_retry=self._database_retry)
 
     def _report_lost(self, running: RunningAttempt) -> None:
         """Say once, in the worker's log and the attempt's, that this run's results were discarded."""
@@ -474,8 +600,9 @@ class Worker:
             for running in self.running.values():
                 running.stop.set()
 
-    def _shut_down(self, slots: list) -> None:
+    def _shut_down(self, slots: list, recorder: threading.Thread) -> None:
         self.stopping.set()
+        self._release_backlog()
         deadline = time.time() + self.grace_period
         while self.running and time.time() < deadline:
             self.finished.wait(0.2)
@@ -487,6 +614,8 @@ class Worker:
             self.work.put(None)
         for slot in slots:
             slot.join()
+        self.completions.put(None)
+        recorder.join()
         self.heartbeat_stop.set()
         try:
             run_transaction(self.engine, lambda connection: connection.execute(
@@ -499,6 +628,34 @@ class Worker:
         except Exception:
             pass
         log.info("worker %s stopped: %s", self.name, ", ".join("%d %s" % (v, k) for k, v in self.counts.items()))
+
+    def _release_backlog(self) -> None:
+        """Give back the attempts claimed ahead that no slot started (not failures; they run elsewhere)."""
+        waiting = list(self.backlog)
+        self.backlog.clear()
+        if not waiting:
+            return
+        me, now = self.record["id"], time.time()
+        note = "released: the worker shut down before starting it (not counted as a failure)"
+
+        def body(connection):
+            owned = connection.execute(sa.select(attempts.c.id).where(
+                attempts.c.id.in_([running.attempt_id for running in waiting]), attempts.c.worker_id == me,
+                attempts.c.state == states.A_RUNNING).with_for_update()).scalars().all()
+            for running in waiting:
+                if running.attempt_id in owned:
+                    completion.release_attempt(connection, running.attempt_id, running.claim["task_id"], now, note=note)
+            return len(owned)
+
+        try:
+            released = run_transaction(self.engine, body, attempts=3)
+            self.counts["released"] += released
+            log.info("released %d attempt(s) claimed ahead and not started", released)
+        except Exception as error:  # their leases expire and the scheduler gives them to other workers
+            log.warning("could not release %d attempt(s) claimed ahead (%s); they are retried when their leases "
+                        "expire", len(waiting), _first_line(str(error))[:200])
+        for running in waiting:
+            self._forget(running)
 
 
 def _first_line(text: str | None) -> str:
