@@ -125,7 +125,7 @@ def measure_at(engine, queue, claims: int = 200, promote: int = 1000, idle_passe
             break
         claim_ms.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
-        complete(engine, worker, got[0])
+        complete(engine, worker, got[:1])
         complete_ms.append((time.perf_counter() - started) * 1000)
     _finish_job(engine, job_id)
 

@@ -15,57 +15,105 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
-from eas_controller.database.schema import attempts, metadata_items, task_dependencies, tasks
+from eas_controller.database.schema import attempts, control_progress, metadata_items, task_dependencies, tasks
 
 _VALUE_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
 
 
 def release_dependants(connection: Connection, task_ids: int | Iterable[int], now: float | None = None) -> list[int]:
     """Mark the tasks ``task_ids`` as delivered to the tasks that wait for them; those with nothing left to
-    wait for become ready. Returns the dependants' ids.
+    wait for become ready. Returns the ids of the plain (not control-flow) dependants: the ones that may have
+    become ready to queue.
 
     Three statements however many tasks finished together (a worker records a group of completions in one
-    transaction): find the dependants with how many of their dependencies are among ``task_ids``, count
-    each down by that many (a dependant whose last dependencies these were becomes ready in the same
-    UPDATE; one UPDATE per distinct amount, usually one), mark the dependency rows satisfied.
+    transaction): find the dependants with how many of their dependencies are among ``task_ids``, mark the
+    dependency rows satisfied, count each plain dependant down by that many (one whose last dependencies
+    these were becomes ready in the same UPDATE; one UPDATE per distinct amount, usually one).
+
+    Control-flow dependants (every chain or loop waits for its children) are not updated here: all their
+    children's completions would queue up on that one row's lock. Their deliveries are appended to
+    ``control_progress`` and the scheduler counts them down in bulk (:func:`count_control_progress`); it has
+    to act on a control task that becomes ready anyway.
     """
     task_ids = [task_ids] if isinstance(task_ids, int) else list(task_ids)
     now = now or time.time()
-    deps = task_dependencies
     delivered: dict[int, int] = {}  # dependant -> how many of its dependencies finished now
+    plain: set[int] = set()
     for chunk in _chunks(task_ids):
-        rows = connection.execute(
-            sa.select(deps.c.task_id, sa.func.count()).where(deps.c.requires_task_id.in_(chunk), deps.c.satisfied.is_(False))
-            .group_by(deps.c.task_id))
-        for dependant, count in rows:
+        rows = connection.execute(_DELIVERED, {"ids": chunk})
+        for dependant, is_control, count in rows:
             delivered[dependant] = delivered.get(dependant, 0) + count
+            if not is_control:
+                plain.add(dependant)
     if not delivered:
         return []
+    for chunk in _chunks(task_ids):
+        connection.execute(_SATISFIED, {"ids": chunk})
+    control = [dict(task_id=dependant, delivered=count, created_at=now)
+               for dependant, count in sorted(delivered.items()) if dependant not in plain]
+    if control:
+        connection.execute(control_progress.insert(), control)
+    count_down(connection, {dependant: delivered[dependant] for dependant in plain}, now)
+    return sorted(plain)
+
+
+def count_down(connection: Connection, delivered: dict[int, int], now: float) -> None:
+    """Count tasks' unmet dependencies down ({task id: how many were delivered}); those that reach zero
+    become ready (a waiting task, or a running control task whose children are all done)."""
     by_amount: dict[int, list[int]] = {}
     for dependant, count in delivered.items():
         by_amount.setdefault(count, []).append(dependant)
     for amount, dependant_ids in sorted(by_amount.items()):
-        last_dependencies = sa.and_(
-            tasks.c.unmet_dependencies == amount,
-            sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
-        )
-        # The state is assigned first, from the count before this update: MySQL evaluates SET clauses left to
-        # right with the new values, PostgreSQL and SQLite with the old ones; in this order both agree.
         for chunk in _chunks(sorted(dependant_ids)):
-            connection.execute(
-                tasks.update()
-                .where(tasks.c.id.in_(chunk))
-                .ordered_values(
-                    (tasks.c.state, sa.case((last_dependencies, states.READY), else_=tasks.c.state)),
-                    (tasks.c.unmet_dependencies, tasks.c.unmet_dependencies - amount),
-                    (tasks.c.updated_at, now),
-                )
-            )
-    for chunk in _chunks(task_ids):
-        connection.execute(
-            deps.update().where(deps.c.requires_task_id.in_(chunk), deps.c.satisfied.is_(False)).values(satisfied=True)
-        )
-    return sorted(delivered)
+            connection.execute(_COUNT_DOWN, {"ids": chunk, "amount": amount, "now": now})
+
+
+def count_control_progress(connection: Connection, limit: int) -> int:
+    """Count down control tasks by the deliveries completions appended to ``control_progress`` (locked
+    ``SKIP LOCKED``, so two schedulers never count one twice), then delete them. Returns how many rows."""
+    rows = connection.execute(
+        sa.select(control_progress.c.id, control_progress.c.task_id, control_progress.c.delivered)
+        .order_by(control_progress.c.id).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return 0
+    delivered: dict[int, int] = {}
+    for row in rows:
+        delivered[row.task_id] = delivered.get(row.task_id, 0) + row.delivered
+    count_down(connection, delivered, time.time())
+    ids = [row.id for row in rows]
+    for chunk in _chunks(ids):
+        connection.execute(control_progress.delete().where(control_progress.c.id.in_(chunk)))
+    return len(rows)
+
+
+_DELIVERED = (
+    sa.select(task_dependencies.c.task_id, tasks.c.is_control, sa.func.count())
+    .join(tasks, tasks.c.id == task_dependencies.c.task_id)
+    .where(task_dependencies.c.requires_task_id.in_(sa.bindparam("ids", expanding=True)),
+           task_dependencies.c.satisfied.is_(False))
+    .group_by(task_dependencies.c.task_id, tasks.c.is_control)
+)
+_SATISFIED = (
+    task_dependencies.update()
+    .where(task_dependencies.c.requires_task_id.in_(sa.bindparam("ids", expanding=True)),
+           task_dependencies.c.satisfied.is_(False))
+    .values(satisfied=True)
+)
+# The state is assigned first, from the count before this update: MySQL evaluates SET clauses left to right
+# with the new values, PostgreSQL and SQLite with the old ones; in this order both agree.
+_COUNT_DOWN = (
+    tasks.update()
+    .where(tasks.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .ordered_values(
+        (tasks.c.state, sa.case((sa.and_(
+            tasks.c.unmet_dependencies == sa.bindparam("amount"),
+            sa.or_(tasks.c.state == states.WAITING, sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control)),
+        ), states.READY), else_=tasks.c.state)),
+        (tasks.c.unmet_dependencies, tasks.c.unmet_dependencies - sa.bindparam("amount")),
+        (tasks.c.updated_at, sa.bindparam("now")),
+    )
+)
 
 
 def _chunks(ids: list[int], size: int = 500):
@@ -84,7 +132,8 @@ def finish_task(connection: Connection, task_id: int, state: str, error_text: st
 
 
 def finish_tasks_done(connection: Connection, task_ids: list[int], now: float | None = None) -> list[int]:
-    """:func:`finish_task` ``done`` for a group of tasks in a few statements; returns their dependants' ids."""
+    """:func:`finish_task` ``done`` for a group of tasks in a few statements; returns their plain dependants'
+    ids (see :func:`release_dependants`)."""
     now = now or time.time()
     for chunk in _chunks(task_ids):
         connection.execute(tasks.update().where(tasks.c.id.in_(chunk)).values(state=states.DONE, error_text=None,
@@ -218,32 +267,12 @@ def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict,
     if not attempt_ids:
         return []
     now = time.time()
-    connection.execute(
-        attempts.update()
-        .where(attempts.c.id.in_(attempt_ids), attempts.c.state == states.A_QUEUED)
-        .values(
-            state=states.A_RUNNING, started_at=now, lease_expires_at=now + lease_seconds, worker_id=worker["id"],
-            worker_name=worker["name"], host=worker["host"], pid=worker["pid"],
-        )
-    )
-    rows = connection.execute(
-        sa.select(
-            attempts.c.id.label("attempt_id"), attempts.c.number, attempts.c.started_at, tasks.c.id.label("task_id"), tasks.c.task_type,
-            tasks.c.job_id, tasks.c.job_name, tasks.c.name, tasks.c.working_directory, tasks.c.description,
-            tasks.c.metadata, tasks.c.max_attempts, tasks.c.chain_path,
-            sa.exists().where(task_dependencies.c.task_id == tasks.c.id, task_dependencies.c.kind == "metadata")
-            .label("has_requested"),  # most tasks ask for no metadata: spares them a query
-        )
-        .join(tasks, tasks.c.id == attempts.c.task_id)
-        .where(
-            attempts.c.id.in_(attempt_ids), attempts.c.worker_id == worker["id"], attempts.c.state == states.A_RUNNING,
-            attempts.c.started_at == now,
-        )
-    ).all()
+    connection.execute(_START_ATTEMPTS, dict(
+        ids=attempt_ids, now=now, lease=now + lease_seconds, b_worker_id=worker["id"], b_worker_name=worker["name"],
+        b_host=worker["host"], b_pid=worker["pid"]))
+    rows = connection.execute(_STARTED, dict(ids=attempt_ids, worker_id=worker["id"], now=now)).all()
     if rows:
-        connection.execute(
-            tasks.update().where(tasks.c.id.in_([row.task_id for row in rows])).values(state=states.RUNNING, updated_at=now)
-        )
+        connection.execute(_TASKS_RUNNING, dict(ids=[row.task_id for row in rows], now=now))
     requested = requested_metadata_of(connection, [row.task_id for row in rows if row.has_requested])
     claimed = []
     for row in rows:
@@ -254,3 +283,29 @@ def start_attempts(connection: Connection, attempt_ids: list[int], worker: dict,
         item["requested_metadata"] = requested.get(row.task_id, {})
         claimed.append(item)
     return claimed
+
+
+# The claim's statements, built once (a claim runs them for every batch a worker takes).
+_START_ATTEMPTS = (
+    attempts.update()
+    .where(attempts.c.id.in_(sa.bindparam("ids", expanding=True)), attempts.c.state == states.A_QUEUED)
+    .values(state=states.A_RUNNING, started_at=sa.bindparam("now"), lease_expires_at=sa.bindparam("lease"),
+            worker_id=sa.bindparam("b_worker_id"), worker_name=sa.bindparam("b_worker_name"), host=sa.bindparam("b_host"),
+            pid=sa.bindparam("b_pid"))
+)
+_STARTED = (
+    sa.select(
+        attempts.c.id.label("attempt_id"), attempts.c.number, attempts.c.started_at, tasks.c.id.label("task_id"),
+        tasks.c.task_type, tasks.c.job_id, tasks.c.job_name, tasks.c.name, tasks.c.working_directory, tasks.c.description,
+        tasks.c.metadata, tasks.c.max_attempts, tasks.c.chain_path,
+        sa.exists().where(task_dependencies.c.task_id == tasks.c.id, task_dependencies.c.kind == "metadata")
+        .label("has_requested"),  # most tasks ask for no metadata: spares them a query
+    )
+    .join(tasks, tasks.c.id == attempts.c.task_id)
+    .where(attempts.c.id.in_(sa.bindparam("ids", expanding=True)), attempts.c.worker_id == sa.bindparam("worker_id"),
+           attempts.c.state == states.A_RUNNING, attempts.c.started_at == sa.bindparam("now"))
+)
+_TASKS_RUNNING = (
+    tasks.update().where(tasks.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(state=states.RUNNING, updated_at=sa.bindparam("now"))
+)

@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from eas_controller import states
 from eas_controller.chains import Plan
-from eas_controller.database.schema import attempts, jobs, metadata_items, tasks
+from eas_controller.database.schema import attempts, control_progress, jobs, metadata_items, tasks
 
 FORMATS = ("table", "json", "csv")
 
@@ -233,7 +233,12 @@ def job_is_finished(connection: Connection, job_id: int) -> bool:
         tasks.c.job_id == job_id,
         sa.or_(tasks.c.state.in_([states.READY, states.QUEUED]),
                sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control.is_(False)))).limit(1)).first()
-    return active is None
+    if active is not None:
+        return False
+    uncounted = connection.execute(  # children finished whose control task the scheduler has yet to count down
+        sa.select(control_progress.c.id).join(tasks, tasks.c.id == control_progress.c.task_id)
+        .where(tasks.c.job_id == job_id).limit(1)).first()
+    return uncounted is None
 
 
 def progress_summary(connection: Connection, job_name: str | None = None) -> list[dict]:

@@ -37,6 +37,7 @@ class PassResult:
     stalled: int = 0
     retried: int = 0
     republished: int = 0  # queued attempts whose message the broker had not confirmed, published again
+    counted: int = 0  # deliveries to control tasks counted down (see lifecycle.count_control_progress)
 
     @property
     def did_something(self) -> bool:
@@ -78,6 +79,7 @@ class Scheduler:
     def promote_batch(self, connection: Connection, result: PassResult) -> None:
         """Lock a batch of ready tasks and queue, expand or finish each one."""
         self.queue.discard()  # entries from an earlier try of this transaction that rolled back
+        result.counted += lifecycle.count_control_progress(connection, self.batch_size)
         now = time.time()
         rows = connection.execute(
             sa.select(

@@ -130,6 +130,21 @@ def test_a_newer_schema_is_refused_with_a_clear_message(eas):
         set_version(str(schema.SCHEMA_VERSION))
 
 
+def test_init_schema_upgrades_a_version_1_database_in_place(eas, tmp_path):
+    """Version 2 added the control-progress table: init_schema.py adds it and keeps the existing work."""
+    eas.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, {"task_list": [{"task": "null"}]}))
+    schema.control_progress.drop(eas.engine)
+    with eas.engine.begin() as connection:
+        connection.execute(schema.schema_info.update().values(value="1"))
+    refused = eas.script("diagnostics/display_job_tree.py", check=False)
+    assert refused.returncode == 2 and "version 1" in refused.stderr and "init_schema.py" in refused.stderr, refused.stderr
+    upgraded = eas.script("database_initialisation/init_schema.py")
+    assert "schema version %d" % schema.SCHEMA_VERSION in upgraded.stdout, upgraded.stdout
+    assert sa.inspect(eas.engine).has_table("eas_control_progress")
+    assert table_counts(eas.engine)["eas_tasks"] == 2
+    assert eas.script("diagnostics/display_job_tree.py").returncode == 0
+
+
 def test_seed_flags_are_recorded_and_used_by_later_scripts(eas_mysql, tmp_path):
     url = sa.engine.make_url(eas_mysql.settings.database_url)
     environment = without_variables(eas_mysql, "EAS_DB_URL")

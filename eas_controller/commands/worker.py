@@ -35,9 +35,9 @@ def build_parser():
                         help="lease length (default: setting lease_seconds / EAS_LEASE_SECONDS, 60)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="longest idle wait between claims (s)")
     parser.add_argument("--keep-scratch", action="store_true", help="keep each attempt's scratch folder")
-    parser.add_argument("--prefetch", type=int, default=10,
+    parser.add_argument("--prefetch", type=int, default=50,
                         help="for task types whose recent attempts took under 0.25 s: attempts claimed ahead per slot, "
-                             "so short tasks run back to back and are claimed and recorded in groups (default 10; "
+                             "so short tasks run back to back and are claimed and recorded in groups (default 50; "
                              "0: claim only for free slots)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Long JSON documents: TEXT is only 64 KiB on MySQL.
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -104,6 +104,18 @@ task_dependencies = Table(
     Column("satisfied", Boolean, nullable=False, default=False),
     Index("ix_eas_dependencies_requires", "requires_task_id"),
     Index("ix_eas_dependencies_task", "task_id"),
+)
+
+# Dependencies of control-flow tasks delivered but not yet counted down. Every child of a chain or loop
+# counts down its parent, so concurrent completions would all update that one row; they append here instead
+# and the scheduler, which acts on control tasks anyway, counts them in bulk (scheduler.count_control_progress).
+control_progress = Table(
+    "eas_control_progress",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, nullable=False),  # the control task that waits (no foreign key: no lock on its row)
+    Column("delivered", Integer, nullable=False),  # how many of its dependencies finished
+    Column("created_at", Double, nullable=False),
 )
 
 attempts = Table(

@@ -45,13 +45,13 @@ class SqlQueue(Queue):
             return []
 
         def body(connection: Connection) -> list[dict]:
-            query = sa.select(sql_queue.c.id, sql_queue.c.attempt_id).order_by(sql_queue.c.rank, sql_queue.c.id)
-            if task_types is not None:
-                query = query.where(sql_queue.c.task_type.in_(task_types))
-            rows = connection.execute(query.limit(limit).with_for_update(skip_locked=True)).all()
+            if task_types is None:
+                rows = connection.execute(_NEXT_ANY, dict(limit=limit)).all()
+            else:
+                rows = connection.execute(_NEXT_OF_TYPES, dict(types=task_types, limit=limit)).all()
             if not rows:
                 return []
-            connection.execute(sql_queue.delete().where(sql_queue.c.id.in_([row.id for row in rows])))
+            connection.execute(_TAKE, dict(ids=[row.id for row in rows]))
             return lifecycle.start_attempts(connection, [row.attempt_id for row in rows], worker, lease_seconds)
 
         return run_transaction(self.engine, body, attempts=0)
@@ -101,3 +101,16 @@ class SqlQueue(Queue):
                         republished=0 if dry_run else len(missing))
 
         return run_transaction(self.engine, body)
+
+
+# The claim's statements, built once: a worker runs them for every batch it takes.
+_NEXT_ANY = (
+    sa.select(sql_queue.c.id, sql_queue.c.attempt_id).order_by(sql_queue.c.rank, sql_queue.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True)).with_for_update(skip_locked=True)
+)
+_NEXT_OF_TYPES = (
+    sa.select(sql_queue.c.id, sql_queue.c.attempt_id).where(sql_queue.c.task_type.in_(sa.bindparam("types", expanding=True)))
+    .order_by(sql_queue.c.rank, sql_queue.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True)).with_for_update(skip_locked=True)
+)
+_TAKE = sql_queue.delete().where(sql_queue.c.id.in_(sa.bindparam("ids", expanding=True)))

@@ -167,7 +167,7 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
             failures.append((task_id, attempt_id, (outcome.error_text or "failed").strip().splitlines()[-1][:1000]))
             results[index] = states.A_FAILED
     if updates:
-        connection.execute(_FINISH_ATTEMPT, updates)
+        finish_attempts(connection, updates)
     if log_rows:
         connection.execute(log_lines.insert(), log_rows)
     for task_id in replaced:
@@ -191,6 +191,25 @@ _FINISH_ATTEMPT = (
         cpu_children_s=sa.bindparam("b_cpu_children_s"), error_text=sa.bindparam("b_error_text"),
     )
 )
+
+
+def finish_attempts(connection: Connection, updates: list[dict]) -> None:
+    """Write the attempts' results. MySQL/MariaDB: one UPDATE for the whole group, each column a ``CASE id
+    WHEN ...`` over the group's rows (its driver sends an executemany as one round trip per row); PostgreSQL
+    (psycopg pipelines an executemany) and SQLite (in process): one prepared UPDATE per row."""
+    if len(updates) == 1 or connection.dialect.name != "mysql":
+        connection.execute(_FINISH_ATTEMPT, updates)
+        return
+    for start in range(0, len(updates), 100):
+        chunk = updates[start : start + 100]
+        ids = [row["b_id"] for row in chunk]
+        values = {}
+        for column in ("state", "started_at", "ended_at", "exit_status", "wall_s", "cpu_s", "cpu_children_s", "error_text"):
+            target = attempts.c[column]
+            values[column] = sa.case(
+                {row["b_id"]: sa.literal(row["b_" + column], target.type) for row in chunk}, value=attempts.c.id,
+                else_=target)
+        connection.execute(attempts.update().where(attempts.c.id.in_(ids)).values(**values))
 
 
 def _chunks(ids: list[int], size: int = 500):

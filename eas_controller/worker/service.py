@@ -43,7 +43,7 @@ from sqlalchemy.engine import Engine
 from eas_controller import states
 from eas_controller.config import Settings
 from eas_controller.database.engine import is_retryable, read_transaction, run_transaction
-from eas_controller.database.schema import attempts, tasks, workers
+from eas_controller.database.schema import attempts, control_progress, tasks, workers
 from eas_controller.queues.base import Queue
 from eas_controller.registry import TaskType, load_registry
 from eas_controller.worker import completion
@@ -88,7 +88,7 @@ class Worker:
     def __init__(self, settings: Settings, engine: Engine, queue: Queue, name: str | None = None, concurrency: int = 1,
                  task_types: list[str] | None = None, cpus: float | None = None, gpus: int | None = None,
                  memory_gb: float | None = None, burst: bool = False, nice: int = 0, grace_period: float = 30.0,
-                 poll_interval: float = 1.0, keep_scratch: bool = False, prefetch: int = 10):
+                 poll_interval: float = 1.0, keep_scratch: bool = False, prefetch: int = 50):
         import psutil
 
         self.settings = settings
@@ -113,6 +113,7 @@ class Worker:
         self.backlog: collections.deque[RunningAttempt] = collections.deque()  # claimed, waiting for a slot
         self.durations: dict[str, float] = {}  # task type -> moving average of its attempts' slot time (s)
         self.completions: queue_module.Queue = queue_module.Queue()  # finished, waiting to be recorded
+        self.trash: queue_module.Queue = queue_module.Queue()  # scratch folders to remove, off the busy threads
         self.lease_seconds = settings.lease_seconds
         self.stopping = threading.Event()  # stop claiming
         self.kill_running = threading.Event()  # stop running attempts (after the grace period)
@@ -127,6 +128,7 @@ class Worker:
         self.all_type_names: set[str] = set()
         self.types_loaded_at = 0.0
         self.counts = dict(succeeded=0, failed=0, lost=0, released=0)
+        self.transactions = dict(claims=0, claimed=0, recordings=0, recorded=0)  # for the closing log line
         self._retry_logged_at = 0.0
 
     # -- set-up ------------------------------------------------------------------------------------------
@@ -202,6 +204,8 @@ class Worker:
         heartbeat.start()
         recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
         recorder.start()
+        self.cleaner = threading.Thread(target=self._clean_loop, name="cleaner", daemon=True)
+        self.cleaner.start()
         idle_wait = 0.01
         failures = 0
         try:
@@ -248,6 +252,9 @@ class Worker:
         self.claiming_since = time.time()
         try:
             claims = self.queue.claim(self.record, None if all_types else names, limit, self.lease_seconds)
+            if claims:
+                self.transactions["claims"] += 1
+                self.transactions["claimed"] += len(claims)
             for claim in claims:
                 task_type = self.types.get(claim["task_type"])
                 if task_type is None:  # registered since the last refresh
@@ -267,7 +274,8 @@ class Worker:
     def _prefetch_room(self) -> tuple[set, int] | None:
         """(short task types, how many more attempts the backlog may take), or None when nothing may be
         claimed ahead. The backlog holds at most ``prefetch`` per slot, and no more than the slots get
-        through in about ``PREFETCH_HORIZON_S``."""
+        through in about ``PREFETCH_HORIZON_S``; it is refilled once it is half empty, so that each claim
+        takes many attempts rather than one each time a slot takes one."""
         if not self.prefetch or self.stopping.is_set():
             return None
         short = {name: took for name, took in self.durations.items() if name in self.types and took < PREFETCH_HORIZON_S}
@@ -276,7 +284,7 @@ class Worker:
         slowest = max(max(short.values()), 0.001)
         size = min(self.prefetch, int(PREFETCH_HORIZON_S / slowest)) * self.concurrency
         room = size - len(self.backlog)
-        return (set(short), room) if room > 0 else None
+        return (set(short), room) if room > 0 and len(self.backlog) <= size // 2 else None
 
     def _dispatch(self) -> None:
         """Hand backlog attempts to free slots, in claim order, while the next one fits the free capacity."""
@@ -316,7 +324,7 @@ class Worker:
                     sa.and_(tasks.c.state == states.RUNNING, tasks.c.is_control.is_(False)),
                     sa.and_(tasks.c.state == states.READY, tasks.c.is_control.is_(True)),
                 )).limit(1)
-            ).first()
+            ).first() or connection.execute(sa.select(control_progress.c.id).limit(1)).first()  # a loop's next pass
 
         return self._read(body) is not None
 
@@ -396,7 +404,7 @@ class Worker:
         log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
                  result, outcome.wall_s, "" if result != states.A_FAILED else ": " + _first_line(outcome.error_text))
         if prepared is not None and prepared.work_dir and (not self.keep_scratch or result == completion.LOST):
-            shutil.rmtree(prepared.work_dir, ignore_errors=True)
+            self.trash.put(prepared.work_dir)
 
     # -- recording -------------------------------------------------------------------------------------------
     def _record_loop(self) -> None:
@@ -425,6 +433,13 @@ class Worker:
             if stop:
                 return
 
+    def _clean_loop(self) -> None:
+        while True:
+            path = self.trash.get()
+            if path is None:
+                return
+            shutil.rmtree(path, ignore_errors=True)
+
     def _record(self, group: list) -> None:
         """One fenced transaction for the whole group; if it fails for a reason retrying cannot mend (bad data),
         each attempt is recorded alone, and one that still fails is recorded as failed with the reason."""
@@ -439,6 +454,8 @@ class Worker:
 
         try:
             results = run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
+            self.transactions["recordings"] += 1
+            self.transactions["recorded"] += len(group)
         except Exception:
             if len(group) > 1:
                 for one in group:
@@ -616,6 +633,8 @@ class Worker:
             slot.join()
         self.completions.put(None)
         recorder.join()
+        self.trash.put(None)
+        self.cleaner.join()
         self.heartbeat_stop.set()
         try:
             run_transaction(self.engine, lambda connection: connection.execute(
@@ -627,7 +646,10 @@ class Worker:
             self.queue.close()
         except Exception:
             pass
-        log.info("worker %s stopped: %s", self.name, ", ".join("%d %s" % (v, k) for k, v in self.counts.items()))
+        done = self.transactions
+        log.info("worker %s stopped: %s; %d attempt(s) claimed in %d claim(s), %d result(s) recorded in %d "
+                 "transaction(s)", self.name, ", ".join("%d %s" % (v, k) for k, v in self.counts.items()),
+                 done["claimed"], done["claims"], done["recorded"], done["recordings"])
 
     def _release_backlog(self) -> None:
         """Give back the attempts claimed ahead that no slot started (not failures; they run elsewhere)."""
