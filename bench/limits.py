@@ -136,11 +136,13 @@ def skip_locked_loop(url: str, table: str, batch: int, claimer: int) -> list[int
     return claimed
 
 
-def measure_claim_loop(url: str, table: str, jobs: int, processes: int, loop, loop_args: tuple = ()) -> dict:
+def measure_claim_loop(url: str, table: str, jobs: int, processes: int, loop, loop_args: tuple = (),
+                       final_state: int = DONE) -> dict:
     """Load ``jobs`` rows, run ``loop(url, table, *loop_args, claimer)`` in ``processes`` processes.
 
     Returns the rate, the duplicate claims (from every recorded (job, claimer) pair) and whether every
-    job ended done. ``loop`` returns the job ids it claimed, or (ids, extra counters).
+    job ended in ``final_state`` (done; running for a loop that only claims). ``loop`` returns the job ids it
+    claimed, or (ids, extra counters).
     """
     create_queue_table(url, table, jobs)
     elapsed, outputs = run_processes(loop, [(url, table, *loop_args, claimer) for claimer in range(1, processes + 1)])
@@ -154,7 +156,7 @@ def measure_claim_loop(url: str, table: str, jobs: int, processes: int, loop, lo
     drop_table(url, table)
     unclaimed = jobs - len({job_id for job_id, _ in claims})
     return dict(rate=len(claims) / elapsed, elapsed=elapsed, claims=len(claims), duplicates=duplicate_count(claims),
-                unclaimed=unclaimed, all_done=states == {DONE: jobs}, extra=extra)
+                unclaimed=unclaimed, all_done=states == {final_state: jobs}, extra=extra)
 
 
 def _integrity_note(measured: dict) -> str:

@@ -78,8 +78,9 @@ def complete(engine, worker: dict, claims: list[dict]) -> list[str]:
     return run_transaction(engine, lambda connection: completion.record_outcomes(connection, worker, items, 1, 5.0))
 
 
-def claim_loop(url: str, settings, limit: int, claimer: int) -> tuple[list, dict]:
-    """One claimer: claim up to ``limit`` attempts per transaction, complete each; stop when none come."""
+def claim_loop(url: str, settings, limit: int, claimer: int, complete_them: bool = True) -> tuple[list, dict]:
+    """One claimer: claim up to ``limit`` attempts per transaction, complete them (unless ``complete_them`` is
+    false: the claim alone is measured); stop when none come."""
     from eas_controller.database.engine import make_engine
     from eas_controller.queues import make_queue
 
@@ -97,13 +98,15 @@ def claim_loop(url: str, settings, limit: int, claimer: int) -> tuple[list, dict
             continue
         last_claim = time.time()
         claimed.extend((claim["attempt_id"], claim["task_id"]) for claim in claims)
-        lost += sum(result != "succeeded" for result in complete(engine, worker, claims))
+        if complete_them:
+            lost += sum(result != "succeeded" for result in complete(engine, worker, claims))
     queue.close()
     engine.dispose()
     return claimed, dict(lost=lost)
 
 
-def measure(services: Services, url: str, queue_kind: str, jobs: int, processes: int, limit: int) -> dict:
+def measure(services: Services, url: str, queue_kind: str, jobs: int, processes: int, limit: int,
+            complete_them: bool = True) -> dict:
     import sqlalchemy as sa
 
     from bench.common import delete_amqp_queues
@@ -117,7 +120,8 @@ def measure(services: Services, url: str, queue_kind: str, jobs: int, processes:
     try:
         job_id = load_queued_attempts(engine, queue, jobs)
         queue.close()
-        elapsed, outputs = run_processes(claim_loop, [(url, settings, limit, n) for n in range(1, processes + 1)])
+        elapsed, outputs = run_processes(claim_loop, [(url, settings, limit, n, complete_them)
+                                                      for n in range(1, processes + 1)])
     finally:
         if queue_kind == "amqp":
             delete_amqp_queues(services.amqp_url, services.amqp_prefix)
@@ -128,7 +132,8 @@ def measure(services: Services, url: str, queue_kind: str, jobs: int, processes:
         lost += counters["lost"]
     with read_transaction(engine) as connection:
         done = connection.execute(sa.select(sa.func.count()).select_from(tasks).where(
-            tasks.c.job_id == job_id, tasks.c.state == "done", tasks.c.is_control.is_(False))).scalar()
+            tasks.c.job_id == job_id, tasks.c.state == ("done" if complete_them else "running"),
+            tasks.c.is_control.is_(False))).scalar()
     engine.dispose()
     return dict(rate=len(attempt_claims) / elapsed, elapsed=elapsed, claims=len(attempt_claims),
                 duplicates=max(duplicate_count(attempt_claims), duplicate_count(task_claims)), done=done, lost=lost)
@@ -147,18 +152,23 @@ def run(services: Services, quick: bool = True, backends=BACKENDS, process_count
                 reason = reason or unavailable_reason(services, "amqp")
                 if not amqp_queue_available():
                     reason = "eas_controller/queues/amqp.py does not exist yet"
-            for limit in limits:
-                name = "our %s queue: claim + completion, %s" % (
-                    queue_kind.upper(), "1 job/claim" if limit == 1 else "up to %d jobs/claim" % limit)
+            variants = [(limit, True) for limit in limits]
+            if queue_kind == "sql":
+                variants += [(limit, False) for limit in limits if limit > 1]  # the claim alone, batched
+            for limit, complete_them in variants:
+                name = "our %s queue: %s, %s" % (
+                    queue_kind.upper(), "claim + completion" if complete_them else "claim only (no completion)",
+                    "1 job/claim" if limit == 1 else "up to %d jobs/claim" % limit)
                 for processes in process_counts:
                     if reason:
                         results.append(Result.skipped("ours", name, backend, reason, "jobs/s", processes=processes))
                         continue
                     measured = measure(services, services.sqlalchemy_url(backend, "claims"), queue_kind, jobs,
-                                       processes, limit)
+                                       processes, limit, complete_them)
                     problems = []
                     if measured["done"] != jobs:
-                        problems.append("%d of %d tasks done" % (measured["done"], jobs))
+                        problems.append("%d of %d tasks %s" % (measured["done"], jobs,
+                                                               "done" if complete_them else "claimed"))
                     if measured["lost"]:
                         problems.append("%d completions lost ownership" % measured["lost"])
                     results.append(Result("ours", name, backend if queue_kind == "sql" else "amqp", measured["rate"],

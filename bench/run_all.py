@@ -153,12 +153,14 @@ def targets(results: list[Result]) -> list[dict]:
     e2e = _find(results, "end_to_end", "mariadb", 2, "end to end")
     ratio("end to end (MariaDB, 2 workers) / raw claim+complete limit (2 processes)", e2e,
           _find(results, "limits", "mariadb", 2, "1 job/claim"), 0.5)
-    seed = _find(results, "seed", "mariadb", 4)
-    for variant in ("1 job/claim", "up to 10 jobs/claim"):
-        ours = _find(results, "ours", "mariadb", 4, "SQL queue: claim + completion, " + variant)
+    for what, seed_what in (("claim only (no completion), up to 10 jobs/claim", "claim only"),
+                            ("claim + completion, 1 job/claim", "claim + completion"),
+                            ("claim + completion, up to 10 jobs/claim", "claim + completion")):
+        seed = _find(results, "seed", "mariadb", 4, seed_what)
+        ours = _find(results, "ours", "mariadb", 4, "SQL queue: " + what)
         duplicates = [r.duplicates for r in (ours, seed) if r is not None]
-        ratio("our SQL claim (MariaDB, 4 processes, %s) / seed algorithm" % variant, ours, seed, 5.0,
-              extra="; duplicate claims: ours %s, seed %s" % (
+        ratio("our SQL %s (MariaDB, 4 processes) / seed algorithm" % what.replace(" (no completion)", ""), ours,
+              seed, 5.0, extra="; duplicate claims: ours %s, seed %s" % (
                   ours.duplicates if ours else "-", seed.duplicates if seed else "-") if duplicates else "")
     ratio("end to end (MariaDB) / RQ SimpleWorker", e2e, _find(results, "peers", "redis", contains="SimpleWorker"), 1.0)
     ratio("end to end (MariaDB) / Celery prefork(2)", e2e, _find(results, "peers", "amqp", contains="Celery"), 1.0)

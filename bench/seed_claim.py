@@ -24,17 +24,21 @@ from bench.common import BACKENDS, Result, Services, backend_of, dbapi_connect, 
 from bench.limits import DONE, QUEUED, RUNNING, _begin, _commit, _integrity_note, _rollback, _sql, measure_claim_loop
 
 SEED_TABLE = "bench_seed_queue"
+CLAIM_ONLY = "seed claim only (no completion)"
 
 
-def seed_loop(url: str, table: str, claimer: int) -> tuple[list[int], dict]:
-    """One claimer running the seed's algorithm; returns the ids it got and how often it lost the race."""
+def seed_loop(url: str, table: str, claimer: int, complete: bool = True) -> tuple[list[int], dict]:
+    """One claimer running the seed's algorithm; returns the ids it got and how often it lost the race.
+    ``complete=False``: claims only (the jobs stay running), to measure the claim algorithm alone."""
     sqlite = backend_of(url) == "sqlite"
     connection = dbapi_connect(url)
     cursor = connection.cursor()
     oldest = "SELECT id FROM %s WHERE state = %d ORDER BY id LIMIT 1" % (table, QUEUED)
     take = _sql(url, "UPDATE %s SET state = %d, claimed_by = %%s WHERE id = %%s AND state = %d" % (table, RUNNING, QUEUED))
     mine = _sql(url, "SELECT id FROM %s WHERE claimed_by = %%s AND state = %d" % (table, RUNNING))
-    complete = _sql(url, "UPDATE %s SET state = %d WHERE id = %%s AND claimed_by = %%s" % (table, DONE))
+    # Claiming only, the jobs stay running: "what did I get" can only ask about the row just tried.
+    got_it = _sql(url, "SELECT id FROM %s WHERE id = %%s AND claimed_by = %%s" % table)
+    finish = _sql(url, "UPDATE %s SET state = %d WHERE id = %%s AND claimed_by = %%s" % (table, DONE))
     claimed: list[int] = []
     lost = busy = 0
     while True:
@@ -54,15 +58,17 @@ def seed_loop(url: str, table: str, claimer: int) -> tuple[list[int], dict]:
             busy += 1
             continue
         _begin(cursor, url, immediate=False)
-        cursor.execute(mine, (claimer,))
+        cursor.execute(*((mine, (claimer,)) if complete else (got_it, (row[0], claimer))))
         got = [found[0] for found in cursor.fetchall()]
         _commit(connection, cursor, url)
         if not got:
             lost += 1
         for job_id in got:
             claimed.append(job_id)
+            if not complete:
+                continue
             _begin(cursor, url)
-            cursor.execute(complete, (job_id, claimer))
+            cursor.execute(finish, (job_id, claimer))
             _commit(connection, cursor, url)
     connection.close()
     return claimed, dict(lost_races=lost, busy_retries=busy)
@@ -72,20 +78,24 @@ def run(services: Services, quick: bool = True, backends=BACKENDS, process_count
         jobs: int | None = None) -> list[Result]:
     jobs = jobs or (1000 if quick else 5000)
     results = []
-    name = "seed claim (unlocked select, conditional update)"
+    name = "seed claim + completion (unlocked select, conditional update)"
     for backend in backends:
         reason = unavailable_reason(services, backend)
         for processes in process_counts:
             if reason:
-                results.append(Result.skipped("seed", name, backend, reason, "jobs/s", processes=processes))
+                for label in (name, CLAIM_ONLY):
+                    results.append(Result.skipped("seed", label, backend, reason, "jobs/s", processes=processes))
                 continue
-            measured = measure_claim_loop(services.sqlalchemy_url(backend, "seed"), SEED_TABLE, jobs, processes,
-                                          seed_loop)
-            notes = [_integrity_note(measured), "%d lost races" % measured["extra"].get("lost_races", 0)]
-            note = "; ".join(part for part in notes if part)
-            results.append(Result("seed", name, backend, measured["rate"], "jobs/s", processes=processes, jobs=jobs,
-                                  duplicates=measured["duplicates"], note=note,
-                                  extra=dict(elapsed_s=measured["elapsed"], **measured["extra"])))
+            for complete, label in ((True, name), (False, CLAIM_ONLY)):
+                measured = measure_claim_loop(
+                    services.sqlalchemy_url(backend, "seed"), SEED_TABLE, jobs, processes,
+                    lambda url, table, claimer, complete=complete: seed_loop(url, table, claimer, complete),
+                    final_state=DONE if complete else RUNNING)
+                notes = [_integrity_note(measured), "%d lost races" % measured["extra"].get("lost_races", 0)]
+                note = "; ".join(part for part in notes if part)
+                results.append(Result("seed", label, backend, measured["rate"], "jobs/s", processes=processes,
+                                      jobs=jobs, duplicates=measured["duplicates"], note=note,
+                                      extra=dict(elapsed_s=measured["elapsed"], **measured["extra"])))
     return results
 
 

@@ -58,14 +58,16 @@ def test_limits(services):
 def test_seed_claim(services):
     results = seed_claim.run(services, process_counts=(1, 2), jobs=40)
     check(results, {"seed"})
-    assert len(results) == 6
+    assert len(results) == 12  # 3 back ends x 2 process counts x (claim + completion, claim only)
+    assert sum("claim only" in r.name for r in results) == 6
 
 
 def test_queue_claim(services):
     results = queue_claim.run(services, process_counts=(2,), jobs=20, limits=(1, 3))
     check(results, {"ours"})
     sql = [r for r in results if "SQL" in r.name]
-    assert len(sql) == 6
+    assert len(sql) == 9  # 3 back ends x (1 and 3 per claim with completion, 3 per claim claiming only)
+    assert sum("claim only" in r.name for r in sql) == 3
     if queue_claim.amqp_queue_available():
         assert any("AMQP" in r.name and r.value is not None for r in results) or not REQUIRE_SERVICES
     else:
