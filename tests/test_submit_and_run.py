@@ -444,3 +444,47 @@ def test_display_job_tree_json_and_csv_contract(eas, tmp_path):
 
     people = eas.script("diagnostics/display_job_tree.py", "--job-name", "second").stdout
     assert "other" in people and "done" in people and "emit_metadata" not in people
+
+
+# -- recording a group of results --------------------------------------------------------------------------
+
+def test_a_group_of_results_is_fenced_attempt_by_attempt(eas, tmp_path):
+    """Results recorded together in one transaction: one whose attempt was taken away meanwhile is discarded,
+    the others are recorded, and each of their tasks is done."""
+    import time
+
+    from eas_controller.database.engine import run_transaction
+    from eas_controller.database.schema import workers
+    from eas_controller.worker import completion
+    from eas_controller.worker.execution import Outcome, PreparedAttempt
+
+    eas.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, {"task_list": [
+        {"task": "emit_metadata", "name": "t%d" % i, "values": {"i": i}} for i in range(3)]}))
+    queue = make_queue(eas.settings, eas.engine)
+    Scheduler(eas.engine, queue).run_pass()
+    with eas.engine.begin() as connection:
+        worker_id = connection.execute(workers.insert().values(
+            name="group", host="here", pid=1, capabilities="[]", cpus=1, gpus=0, memory_gb=1, concurrency=1,
+            free_slots=1, state="running", started_at=time.time(), last_seen=time.time())).inserted_primary_key[0]
+    worker = dict(id=worker_id, name="group", host="here", pid=1)
+    claims = queue.claim(worker, None, 10, 60.0)
+    assert len(claims) == 3
+    taken = claims[1]["attempt_id"]
+    with eas.engine.begin() as connection:  # as the scheduler does when a lease expires
+        connection.execute(attempts.update().where(attempts.c.id == taken).values(state="stalled"))
+    items = [completion.Completion(
+        PreparedAttempt(claim=claim, task_type=None, work_dir="", environment={}, inputs={}, outputs={},
+                        final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
+                        description=claim["description"]),
+        Outcome(succeeded=True, exit_status=0, wall_s=0.01, metadata={"i": index}), {}, started_at=time.time())
+        for index, claim in enumerate(claims)]
+    results = run_transaction(eas.engine, lambda connection: completion.record_outcomes(
+        connection, worker, items, 1, 5.0, queue if queue.in_database else None))
+    assert results == ["succeeded", "lost", "succeeded"]
+    with eas.engine.connect() as connection:
+        states = dict(connection.execute(sa.select(attempts.c.id, attempts.c.state)).all())
+        task_states = dict(connection.execute(sa.select(tasks.c.name, tasks.c.state)).all())
+        stored = connection.execute(sa.select(metadata_items.c.task_id, metadata_items.c.value)).all()
+    assert [states[claim["attempt_id"]] for claim in claims] == ["succeeded", "stalled", "succeeded"]
+    assert (task_states["t0"], task_states["t1"], task_states["t2"]) == ("done", "running", "done")
+    assert sorted(value for _task, value in stored) == ["0", "2"]  # nothing of the discarded result

@@ -281,3 +281,71 @@ def test_nice_lowers_the_priority_of_python_and_command_tasks(cluster_factory):
     assert metadata == {"nice": str(expected)}
     with open(cluster.product_path("faults/nice.txt")) as handle:
         assert int(handle.read()) == expected
+
+
+# -- short tasks: claimed ahead, recorded in groups, chains without a scheduler pass -----------------------
+
+def closing_counts(log: str) -> dict:
+    """The counts of a worker's closing line: '... N attempt(s) claimed in C claim(s), R result(s) recorded in T'."""
+    import re
+
+    found = re.search(r"(\d+) attempt\(s\) claimed in (\d+) claim\(s\), (\d+) result\(s\) recorded in (\d+) "
+                      r"transaction\(s\)", log)
+    assert found, log[-2000:]
+    return dict(zip(("claimed", "claims", "recorded", "recordings"), map(int, found.groups())))
+
+
+@pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
+def test_short_tasks_are_claimed_ahead_in_batches_and_each_runs_once(cluster_factory, backend):
+    cluster = cluster_factory(backend)
+    cluster.submit([{"task": "null", "name": "n%d" % i} for i in range(300)])
+    cluster.schedule_once()
+    worker = cluster.worker("--concurrency", "1")
+    wait_for(cluster.worker_tasks_finished, 120, "300 short tasks to finish")
+    assert cluster.stop(worker) == 0
+    counts = closing_counts(cluster.log(worker))
+    assert counts["claimed"] == counts["recorded"] == 300
+    assert counts["claims"] <= 100, counts  # one slot, yet several attempts per claim once the type is known short
+    per_task = cluster.rows("SELECT task_id, COUNT(*) AS n, MIN(state) AS state FROM eas_attempts GROUP BY task_id")
+    assert len(per_task) == 300 and {(row.n, row.state) for row in per_task} == {(1, "succeeded")}
+    # a prefetched attempt's started_at is when its slot started it, not when it was claimed
+    rows = cluster.rows("SELECT started_at, ended_at, wall_s FROM eas_attempts")
+    assert all(row.started_at <= row.ended_at and row.ended_at - row.started_at < 5 for row in rows)
+
+
+@pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
+def test_long_tasks_are_never_claimed_ahead(cluster_factory, backend):
+    cluster = cluster_factory(backend)
+    cluster.submit([{"task": "sleep", "name": "s%d" % i, "seconds": 1.5} for i in range(3)])
+    cluster.schedule_once()
+    cluster.worker("--concurrency", "1", "--cpus", "1", "--prefetch", "50")
+    wait_for(lambda: cluster.task("s1").state == "running", 60, "the second task to start")
+    # the first took 1.5 s, far over the 0.25 s under which a type is claimed ahead: the third stays queued
+    assert cluster.attempts_of("s2")[0].state == "queued"
+    assert cluster.task("s0").state == "done"
+    wait_for(cluster.worker_tasks_finished, 60, "the tasks to finish")
+
+
+@pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
+def test_a_chain_runs_link_after_link_without_another_scheduler_pass(cluster_factory, backend):
+    cluster = cluster_factory(backend)
+    cluster.submit([
+        {"task": "write_text", "name": "first", "text": "a", "outputs": {"text": "a.txt"}},
+        {"task": "concatenate", "name": "second", "inputs": {"a": "a.txt"}, "outputs": {"joined": "b.txt"}},
+        {"task": "concatenate", "name": "third", "inputs": {"a": "b.txt"}, "outputs": {"joined": "c.txt"}},
+    ])
+    assert "promoted 1" in cluster.schedule_once()  # only the first link is ready; no scheduler runs after this
+    cluster.worker("--concurrency", "1")
+    wait_for(lambda: cluster.task("third").state == "done", 60, "the last link to finish")
+    with open(cluster.product_path("faults/c.txt")) as handle:
+        assert handle.read() == "a"
+    # each completion queued the next link itself: its attempt was queued when the previous one ended
+    first, second, third = (cluster.attempts_of(name)[0] for name in ("first", "second", "third"))
+    assert second.queued_at == first.ended_at and third.queued_at == second.ended_at
+    # the chain that holds them is counted down by the scheduler, which has not run since
+    chain = cluster.rows("SELECT * FROM eas_tasks WHERE is_control = :yes AND parent_id IS NULL", yes=True)[0]
+    assert chain.state == "running"
+    assert cluster.value("SELECT SUM(delivered) FROM eas_control_progress WHERE task_id = :id", id=chain.id) == 3
+    cluster.schedule_once()
+    assert cluster.rows("SELECT state FROM eas_tasks WHERE id = :id", id=chain.id)[0].state == "done"
+    assert cluster.value("SELECT COUNT(*) FROM eas_control_progress") == 0
