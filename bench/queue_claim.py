@@ -141,7 +141,7 @@ def measure(services: Services, url: str, queue_kind: str, jobs: int, processes:
 
 def run(services: Services, quick: bool = True, backends=BACKENDS, process_counts=(1, 2, 4), jobs: int | None = None,
         limits=(1, 10), queues=("sql", "amqp")) -> list[Result]:
-    jobs = jobs or (600 if quick else 3000)
+    jobs = jobs or (2000 if quick else 5000)
     results = []
     for queue_kind in queues:
         for backend in backends:

@@ -76,7 +76,7 @@ def seed_loop(url: str, table: str, claimer: int, complete: bool = True) -> tupl
 
 def run(services: Services, quick: bool = True, backends=BACKENDS, process_counts=(1, 2, 4),
         jobs: int | None = None) -> list[Result]:
-    jobs = jobs or (1000 if quick else 5000)
+    jobs = jobs or (2000 if quick else 5000)
     results = []
     name = "seed claim + completion (unlocked select, conditional update)"
     for backend in backends:

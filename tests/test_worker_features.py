@@ -349,3 +349,20 @@ def test_a_chain_runs_link_after_link_without_another_scheduler_pass(cluster_fac
     cluster.schedule_once()
     assert cluster.rows("SELECT state FROM eas_tasks WHERE id = :id", id=chain.id)[0].state == "done"
     assert cluster.value("SELECT COUNT(*) FROM eas_control_progress") == 0
+
+
+def test_the_child_puts_the_environment_back_after_each_task(monkeypatch):
+    """A reused child must not leak one task's environment (its EAS_* variables, or what the task set or
+    removed itself) into the next task's."""
+    import os as os_module
+
+    from eas_controller.worker.child import _restore_environment
+
+    monkeypatch.setenv("EAS_KEPT", "before")
+    monkeypatch.setenv("EAS_REMOVED_BY_TASK", "before")
+    saved = dict(os_module.environ)
+    os_module.environ.update({"EAS_TASK_ID": "7", "EAS_KEPT": "changed"})
+    del os_module.environ["EAS_REMOVED_BY_TASK"]
+    _restore_environment(saved)
+    assert dict(os_module.environ) == saved
+    assert "EAS_TASK_ID" not in os_module.environ and os_module.environ["EAS_REMOVED_BY_TASK"] == "before"
