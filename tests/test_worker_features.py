@@ -305,7 +305,7 @@ def test_short_tasks_are_claimed_ahead_in_batches_and_each_runs_once(cluster_fac
     assert cluster.stop(worker) == 0
     counts = closing_counts(cluster.log(worker))
     assert counts["claimed"] == counts["recorded"] == 300
-    assert counts["claims"] <= 100, counts  # one slot, yet several attempts per claim once the type is known short
+    assert counts["claims"] <= 150, counts  # one slot, yet several attempts per claim once the type is known short
     per_task = cluster.rows("SELECT task_id, COUNT(*) AS n, MIN(state) AS state FROM eas_attempts GROUP BY task_id")
     assert len(per_task) == 300 and {(row.n, row.state) for row in per_task} == {(1, "succeeded")}
     # a prefetched attempt's started_at is when its slot started it, not when it was claimed
