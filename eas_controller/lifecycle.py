@@ -15,12 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
+from eas_controller.database.engine import chunks
 from eas_controller.database.schema import attempts, control_progress, metadata_items, task_dependencies, tasks
 
 _VALUE_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
 
 
-def release_dependants(connection: Connection, task_ids: int | Iterable[int], now: float | None = None) -> list[int]:
+def release_dependants(connection: Connection, task_ids: list[int], now: float | None = None) -> list[int]:
     """Mark the tasks ``task_ids`` as delivered to the tasks that wait for them; those with nothing left to
     wait for become ready. Returns the ids of the plain (not control-flow) dependants: the ones that may have
     become ready to queue.
@@ -35,11 +36,10 @@ def release_dependants(connection: Connection, task_ids: int | Iterable[int], no
     ``control_progress`` and the scheduler counts them down in bulk (:func:`count_control_progress`); it has
     to act on a control task that becomes ready anyway.
     """
-    task_ids = [task_ids] if isinstance(task_ids, int) else list(task_ids)
     now = now or time.time()
     delivered: dict[int, int] = {}  # dependant -> how many of its dependencies finished now
     plain: set[int] = set()
-    for chunk in _chunks(task_ids):
+    for chunk in chunks(task_ids):
         rows = connection.execute(_DELIVERED, {"ids": chunk})
         for dependant, is_control, count in rows:
             delivered[dependant] = delivered.get(dependant, 0) + count
@@ -47,7 +47,7 @@ def release_dependants(connection: Connection, task_ids: int | Iterable[int], no
                 plain.add(dependant)
     if not delivered:
         return []
-    for chunk in _chunks(task_ids):
+    for chunk in chunks(task_ids):
         connection.execute(_SATISFIED, {"ids": chunk})
     control = [dict(task_id=dependant, delivered=count, created_at=now)
                for dependant, count in sorted(delivered.items()) if dependant not in plain]
@@ -64,7 +64,7 @@ def count_down(connection: Connection, delivered: dict[int, int], now: float) ->
     for dependant, count in delivered.items():
         by_amount.setdefault(count, []).append(dependant)
     for amount, dependant_ids in sorted(by_amount.items()):
-        for chunk in _chunks(sorted(dependant_ids)):
+        for chunk in chunks(sorted(dependant_ids)):
             connection.execute(_COUNT_DOWN, {"ids": chunk, "amount": amount, "now": now})
 
 
@@ -82,7 +82,7 @@ def count_control_progress(connection: Connection, limit: int) -> int:
         delivered[row.task_id] = delivered.get(row.task_id, 0) + row.delivered
     count_down(connection, delivered, time.time())
     ids = [row.id for row in rows]
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         connection.execute(control_progress.delete().where(control_progress.c.id.in_(chunk)))
     return len(rows)
 
@@ -116,11 +116,6 @@ _COUNT_DOWN = (
 )
 
 
-def _chunks(ids: list[int], size: int = 500):
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
 def finish_task(connection: Connection, task_id: int, state: str, error_text: str | None = None) -> None:
     """Set a task's final state; a task that is done releases the tasks waiting for it."""
     now = time.time()
@@ -135,7 +130,7 @@ def finish_tasks_done(connection: Connection, task_ids: list[int], now: float | 
     """:func:`finish_task` ``done`` for a group of tasks in a few statements; returns their plain dependants'
     ids (see :func:`release_dependants`)."""
     now = now or time.time()
-    for chunk in _chunks(task_ids):
+    for chunk in chunks(task_ids):
         connection.execute(tasks.update().where(tasks.c.id.in_(chunk)).values(state=states.DONE, error_text=None,
                                                                              updated_at=now))
     return release_dependants(connection, task_ids, now)
@@ -146,7 +141,7 @@ def ready_plain_tasks(connection: Connection, task_ids: list[int]) -> list:
     a completion may queue at once instead of waiting for the scheduler's next pass. The caller's
     transaction already holds their rows (it just made them ready), so no scheduler can queue them too."""
     rows = []
-    for chunk in _chunks(task_ids):
+    for chunk in chunks(task_ids):
         rows.extend(connection.execute(
             sa.select(tasks.c.id, tasks.c.task_type, tasks.c.attempt_count, tasks.c.priority)
             .where(tasks.c.id.in_(chunk), tasks.c.state == states.READY, tasks.c.is_control.is_(False),
@@ -186,12 +181,16 @@ def write_task_metadata(connection: Connection, task_id: int, attempt_id: int | 
     """Store a task's output metadata, replacing what an earlier attempt wrote (``replace=False``: the caller
     knows there is none, e.g. a first attempt, and saves the DELETE on the hot path)."""
     if replace:
-        connection.execute(
-            metadata_items.delete().where(metadata_items.c.task_id == task_id, metadata_items.c.scope == "task")
-        )
+        clear_task_metadata(connection, task_id)
     rows = metadata_rows(task_id, attempt_id, items)
     if rows:
         connection.execute(metadata_items.insert(), rows)
+
+
+def clear_task_metadata(connection: Connection, task_id: int) -> None:
+    """Remove what an earlier attempt of the task wrote as output metadata."""
+    connection.execute(
+        metadata_items.delete().where(metadata_items.c.task_id == task_id, metadata_items.c.scope == "task"))
 
 
 def metadata_rows(task_id: int, attempt_id: int | None, items: dict) -> list[dict]:

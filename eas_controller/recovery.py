@@ -16,11 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from eas_controller import states
-from eas_controller.database.engine import read_transaction, run_transaction
+from eas_controller.database.engine import chunks, read_transaction, run_transaction
 from eas_controller.database.schema import attempts, jobs, task_types as task_types_table, tasks
 from eas_controller.queues.base import Queue
-
-CHUNK = 500
 
 
 @dataclasses.dataclass
@@ -85,11 +83,6 @@ def apply(engine: Engine, queue: Queue | None, body: Callable[[Connection], dict
     if queue is not None:
         queue.flush()
     return report
-
-
-def chunks(values: list, size: int = CHUNK):
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
 
 
 def check_task_types(engine: Engine, names: list[str] | None) -> None:

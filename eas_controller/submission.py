@@ -15,16 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
-from eas_controller.chains import ChainError, Node, Plan
-from eas_controller.database.engine import reserve_ids
+from eas_controller.chains import ChainError, Plan
+from eas_controller.database.engine import IN_LIST_SIZE, chunks, reserve_ids
 from eas_controller.database.schema import jobs, products, task_dependencies, tasks
 
-_CHUNK = 500
-
-
-def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+_CHUNK = IN_LIST_SIZE
 
 
 def find_producers(connection: Connection, paths: Iterable[str], lock: bool = True) -> dict[str, tuple[int, bool]]:
@@ -35,7 +30,7 @@ def find_producers(connection: Connection, paths: Iterable[str], lock: bool = Tr
     """
     found: dict[str, tuple[int, bool]] = {}
     paths = sorted(set(paths))
-    for chunk in _chunks(paths):
+    for chunk in chunks(paths):
         query = (
             sa.select(products.c.relative_path, products.c.task_id, products.c.state, tasks.c.state.label("task_state"))
             .join(tasks, tasks.c.id == products.c.task_id)
@@ -75,7 +70,7 @@ def insert_rows_returning_ids(connection: Connection, table: sa.Table, rows: lis
         return reserved
     if connection.dialect.insert_executemany_returning_sort_by_parameter_order:
         ids = []
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             result = connection.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True), chunk)
             ids.extend(row[0] for row in result)
         return ids
@@ -162,7 +157,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
                     satisfied=satisfied,
                 )
             )
-    for chunk in _chunks(dependency_rows):
+    for chunk in chunks(dependency_rows):
         connection.execute(task_dependencies.insert(), chunk)
 
     product_rows = [
@@ -170,7 +165,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
         for node in nodes
         for semantic, path in node.outputs.items()
     ]
-    for chunk in _chunks(product_rows):
+    for chunk in chunks(product_rows):
         connection.execute(products.insert(), chunk)
     return ids
 

@@ -57,6 +57,16 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     raise DatabaseError("unsupported database %r: use sqlite, mysql/mariadb or postgresql URLs" % backend)
 
 
+#: Values per ``IN (...)`` list: well under SQLite's limit on bound parameters, short enough for any server.
+IN_LIST_SIZE = 500
+
+
+def chunks(values: list, size: int = IN_LIST_SIZE) -> Iterator[list]:
+    """``values`` in slices of at most ``size``: one statement per slice."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):

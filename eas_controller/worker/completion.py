@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import lifecycle, products, states
+from eas_controller.database.engine import chunks
 from eas_controller.database.schema import attempts, log_lines, metadata_items, tasks
 from eas_controller.scheduler import retry_or_fail
 from eas_controller.worker.execution import Outcome, PreparedAttempt, check_outputs, read_output_metadata
@@ -111,7 +112,7 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
     is returned.
     """
     owners = {}
-    for chunk in _chunks(sorted(item.attempt_id for item in items)):
+    for chunk in chunks(sorted(item.attempt_id for item in items)):
         for row in connection.execute(
             sa.select(attempts.c.id, attempts.c.state, attempts.c.worker_id, attempts.c.error_text)
             .where(attempts.c.id.in_(chunk)).with_for_update()
@@ -171,7 +172,7 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
     if log_rows:
         connection.execute(log_lines.insert(), log_rows)
     for task_id in replaced:
-        lifecycle.write_task_metadata(connection, task_id, None, {}, replace=True)
+        lifecycle.clear_task_metadata(connection, task_id)
     if metadata_rows:
         connection.execute(metadata_items.insert(), metadata_rows)
     if done:
@@ -210,11 +211,6 @@ def finish_attempts(connection: Connection, updates: list[dict]) -> None:
                 {row["b_id"]: sa.literal(row["b_" + column], target.type) for row in chunk}, value=attempts.c.id,
                 else_=target)
         connection.execute(attempts.update().where(attempts.c.id.in_(ids)).values(**values))
-
-
-def _chunks(ids: list[int], size: int = 500):
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 def release_attempt(connection: Connection, attempt_id: int, task_id: int, now: float, wall_s: float | None = None,

@@ -456,23 +456,20 @@ class Worker:
             results = run_transaction(self.engine, body, attempts=0, on_retry=self._database_retry)
             self.transactions["recordings"] += 1
             self.transactions["recorded"] += len(group)
-        except Exception:
+        except Exception as error:
             if len(group) > 1:
                 for one in group:
                     self._record([one])
                 return
-            results = [self._record_failure(group[0][1], queue)]
+            log.exception("attempt %d: the result could not be recorded", group[0][1].attempt_id)
+            results = [self._record_failure(group[0][1], queue, error)]
         for (running, item), result in zip(group, results):
             if result != completion.LOST:
                 item.publication.commit()  # drop the hard links that kept the previous versions during the transaction
             self._finished(running, item.prepared, item.outcome, result)
 
-    def _record_failure(self, item: completion.Completion, queue) -> str:
+    def _record_failure(self, item: completion.Completion, queue, error: Exception) -> str:
         """The result could not be recorded (not a lost connection: that is retried): end the attempt anyway."""
-        import sys
-
-        error = sys.exc_info()[1]
-        log.exception("attempt %d: the result could not be recorded", item.attempt_id)
         item.publication.undo()
         item.outcome.succeeded, item.made = False, {}
         item.outcome.error_text = "the worker could not record the result: %s" % _first_line(str(error))
