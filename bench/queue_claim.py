@@ -22,7 +22,6 @@ if __name__ == "__main__":
     use_project_environment()
 
 import importlib.util
-import json
 import socket
 import time
 
@@ -49,23 +48,18 @@ def load_queued_attempts(engine, queue, count: int) -> int:
 
 def register_worker(engine, name: str) -> dict:
     from eas_controller.database.engine import run_transaction
-    from eas_controller.database.schema import workers
+    from eas_controller.store import workers as worker_store
 
-    now = time.time()
-
-    def body(connection):
-        return connection.execute(workers.insert().values(
-            name=name, host=socket.gethostname(), pid=os.getpid(), capabilities=json.dumps(["null"]), cpus=1, gpus=0,
-            memory_gb=1, concurrency=1, free_slots=1, state="running", started_at=now, last_seen=now,
-        )).inserted_primary_key[0]
-
-    return dict(id=run_transaction(engine, body), name=name, host=socket.gethostname(), pid=os.getpid())
+    worker_id = run_transaction(engine, lambda connection: worker_store.register(
+        connection, name, socket.gethostname(), os.getpid(), ["null"], 1, 0, 1, 1))
+    return dict(id=worker_id, name=name, host=socket.gethostname(), pid=os.getpid())
 
 
 def complete(engine, worker: dict, claims: list[dict]) -> list[str]:
     """The worker's completion transaction for attempts that succeeded in no time: the claimed group is
     recorded together, as a worker's recorder does with results that finish together."""
     from eas_controller.database.engine import run_transaction
+    from eas_controller.retries import RetryPolicy
     from eas_controller.worker import completion
     from eas_controller.worker.execution import Outcome, PreparedAttempt
 
@@ -75,7 +69,7 @@ def complete(engine, worker: dict, claims: list[dict]) -> list[str]:
                                    final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
                                    stdout_path="", stderr_path="", description=claim["description"])
         items.append(completion.Completion(prepared, Outcome(succeeded=True, exit_status=0, wall_s=0.0), {}))
-    return run_transaction(engine, lambda connection: completion.record_outcomes(connection, worker, items, 1, 5.0))
+    return run_transaction(engine, lambda connection: completion.record_outcomes(connection, worker, items, RetryPolicy(1, 5.0)))
 
 
 def claim_loop(url: str, settings, limit: int, claimer: int, complete_them: bool = True) -> tuple[list, dict]:

@@ -57,15 +57,6 @@ class Settings:
     def database_url(self) -> str:
         return self.db_url or "sqlite:///" + os.path.join(self.data_dir, "eas.sqlite")
 
-    def products_dir(self) -> str:
-        return os.path.join(self.data_dir, "products")
-
-    def to_file_dict(self) -> dict[str, Any]:
-        """The part that is worth remembering in the settings file."""
-        keys = ("db_url", "queue", "amqp_url", "amqp_queue_prefix", "lease_seconds", "max_attempts", "retry_backoff_s",
-                "task_type_files")
-        return {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, [])}
-
 
 def default_settings_path(environ: Mapping[str, str]) -> str:
     if environ.get("EAS_CONFIG"):

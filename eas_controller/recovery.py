@@ -16,9 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from eas_controller import states
-from eas_controller.database.engine import chunks, read_transaction, run_transaction
-from eas_controller.database.schema import attempts, jobs, task_types as task_types_table, tasks
+from eas_controller.database.engine import read_transaction, run_transaction
+from eas_controller.database.schema import attempts, jobs, tasks
 from eas_controller.queues.base import Queue
+from eas_controller.registry import type_names
+from eas_controller.store import attempts as attempt_store
+from eas_controller.store import tasks as task_store
 
 
 @dataclasses.dataclass
@@ -90,7 +93,7 @@ def check_task_types(engine: Engine, names: list[str] | None) -> None:
     if not names:
         return
     with read_transaction(engine) as connection:
-        known = set(connection.execute(sa.select(task_types_table.c.name)).scalars())
+        known = set(type_names(connection))
     from eas_controller.registry import CONTROL_TYPES
 
     unknown = sorted(set(names) - known - set(CONTROL_TYPES))
@@ -100,7 +103,7 @@ def check_task_types(engine: Engine, names: list[str] | None) -> None:
 
 def registered_types(engine: Engine, selection: Selection | None = None) -> list[str]:
     with read_transaction(engine) as connection:
-        names = sorted(connection.execute(sa.select(task_types_table.c.name)).scalars())
+        names = type_names(connection)
     if selection is not None and selection.task_types:
         names = [name for name in names if name in selection.task_types]
     return names
@@ -112,16 +115,7 @@ def _take_out_of_queue(connection: Connection, queue: Queue, attempt_ids: list[i
     Returns (attempt id, task id) of the attempts that were still queued.
     """
     queue.remove(connection, attempt_ids)
-    taken = []
-    for chunk in chunks(attempt_ids):
-        rows = connection.execute(sa.select(attempts.c.id, attempts.c.task_id).where(
-            attempts.c.id.in_(chunk), attempts.c.state == states.A_QUEUED).with_for_update()).all()
-        if rows:
-            connection.execute(attempts.update().where(attempts.c.id.in_([row.id for row in rows]),
-                                                       attempts.c.state == states.A_QUEUED)
-                               .values(state=states.A_CANCELLED, ended_at=now, error_text=reason))
-        taken.extend((row.id, row.task_id) for row in rows)
-    return taken
+    return attempt_store.cancel_queued(connection, attempt_ids, reason, now)
 
 
 # -- empty_queue.py -------------------------------------------------------------------------------------------
@@ -145,16 +139,8 @@ def empty_queue(engine: Engine, queue: Queue, selection: Selection, hold: bool =
         reason = "removed from the queue by empty_queue.py" + (" (task held)" if hold else "")
         taken = _take_out_of_queue(connection, queue, candidates, reason, now)
         task_ids = sorted({task_id for _attempt, task_id in taken})
-        for chunk in chunks(task_ids):
-            # the attempt never ran: it does not count against max_attempts
-            connection.execute(tasks.update().where(tasks.c.id.in_(chunk), tasks.c.state == states.QUEUED).values(
-                state=target, attempt_count=sa.case((tasks.c.attempt_count > 0, tasks.c.attempt_count - 1), else_=0),
-                not_before=None, updated_at=now))
-        held_ready = 0
-        if hold:
-            held_ready = connection.execute(tasks.update().where(
-                tasks.c.state.in_([states.READY, states.WAITING]), selection.condition())
-                .values(state=states.HELD, updated_at=now)).rowcount
+        task_store.unqueue(connection, task_ids, target, now)  # the attempt never ran: it does not count
+        held_ready = len(task_store.hold(connection, selection.condition(), now)) if hold else 0
         return dict(removed=len(taken), tasks=len(task_ids), held_ready=held_ready, target=target)
 
     return apply(engine, queue, body, dry_run)
@@ -165,10 +151,7 @@ def release_held(engine: Engine, selection: Selection, dry_run: bool = False) ->
     their dependencies have still to finish."""
 
     def body(connection: Connection) -> dict:
-        released = connection.execute(tasks.update().where(tasks.c.state == states.HELD, selection.condition())
-                                      .values(state=sa.case((tasks.c.unmet_dependencies > 0, states.WAITING),
-                                                            else_=states.READY), updated_at=time.time())).rowcount
-        return dict(released=released)
+        return dict(released=len(task_store.unhold(connection, selection.condition(), time.time())))
 
     return apply(engine, None, body, dry_run)
 
@@ -209,24 +192,15 @@ def reschedule_unfinished(engine: Engine, queue: Queue, selection: Selection, de
     def body(connection: Connection) -> dict:
         now = time.time()
         condition = selection.condition()
-        failed = connection.execute(tasks.update().where(
-            tasks.c.state == states.FAILED, condition, sa.or_(tasks.c.is_control.is_(False), tasks.c.expansions == 0))
-            .values(state=states.READY, not_before=None, error_text=None, updated_at=now)).rowcount
+        failed = len(task_store.reschedule_failed(connection, condition, now))
         skipped_control = connection.execute(sa.select(sa.func.count()).select_from(tasks).where(
             tasks.c.state == states.FAILED, condition, tasks.c.is_control.is_(True), tasks.c.expansions > 0)).scalar()
-        backoff = connection.execute(tasks.update().where(
-            tasks.c.state == states.READY, tasks.c.not_before > now, condition)
-            .values(not_before=None, updated_at=now)).rowcount
+        backoff = len(task_store.clear_backoff(connection, condition, now))
         active = connection.execute(sa.select(tasks.c.id).where(
             tasks.c.state.in_([states.QUEUED, states.RUNNING]), tasks.c.is_control.is_(False), condition)).scalars().all()
-        live = set()
-        for chunk in chunks(active):
-            live.update(connection.execute(sa.select(attempts.c.task_id).where(
-                attempts.c.task_id.in_(chunk), attempts.c.state.in_([states.A_QUEUED, states.A_RUNNING]))).scalars())
+        live = {row.task_id for row in attempt_store.queued_or_running_of_tasks(connection, active)}
         orphans = [task_id for task_id in active if task_id not in live]
-        for chunk in chunks(orphans):
-            connection.execute(tasks.update().where(tasks.c.id.in_(chunk), tasks.c.state.in_([states.QUEUED, states.RUNNING]))
-                               .values(state=states.READY, not_before=None, updated_at=now))
+        task_store.ready_orphans(connection, orphans, now)
         return dict(stalled=stalled.stalled, stalled_retried=stalled.retried, stalled_failed=stalled.failed,
                     failed=failed, backoff=backoff, orphans=len(orphans), skipped_control=skipped_control)
 
@@ -273,24 +247,13 @@ def cancel(engine: Engine, queue: Queue, selection: Selection, dry_run: bool = F
 
     def body(connection: Connection) -> dict:
         now = time.time()
-        unfinished = [states.WAITING, states.READY, states.QUEUED, states.RUNNING, states.HELD]
-        task_ids = connection.execute(sa.select(tasks.c.id).where(tasks.c.state.in_(unfinished), selection.condition())
-                                      .order_by(tasks.c.id)).scalars().all()
+        task_ids = sorted(task_store.selected(connection, selection.condition(), task_store.CANCEL_FROM))
         queued, running = [], []
-        for chunk in chunks(task_ids):
-            for row in connection.execute(sa.select(attempts.c.id, attempts.c.state).where(
-                    attempts.c.task_id.in_(chunk), attempts.c.state.in_([states.A_QUEUED, states.A_RUNNING]))):
-                (queued if row.state == states.A_QUEUED else running).append(row.id)
+        for row in attempt_store.queued_or_running_of_tasks(connection, task_ids):
+            (queued if row.state == states.A_QUEUED else running).append(row.id)
         removed = _take_out_of_queue(connection, queue, sorted(queued), reason, now)
-        stopped = 0
-        for chunk in chunks(sorted(running)):
-            stopped += connection.execute(attempts.update().where(
-                attempts.c.id.in_(chunk), attempts.c.state == states.A_RUNNING)
-                .values(state=states.A_CANCELLED, ended_at=now, error_text=reason)).rowcount
-        cancelled = 0
-        for chunk in chunks(task_ids):
-            cancelled += connection.execute(tasks.update().where(tasks.c.id.in_(chunk), tasks.c.state.in_(unfinished))
-                                            .values(state=states.CANCELLED, error_text=reason, updated_at=now)).rowcount
+        stopped = len(attempt_store.cancel_running(connection, sorted(running), reason, now))
+        cancelled = len(task_store.cancel(connection, task_ids, reason, now))
         return dict(tasks=cancelled, queued_removed=len(removed), running_stopped=stopped)
 
     return apply(engine, queue, body, dry_run)
@@ -303,7 +266,7 @@ def queue_status(engine: Engine, queue: Queue, task_types: list[str] | None = No
     the queue itself holds (rows of the SQL queue, or ready messages and consumers in RabbitMQ)."""
     now = time.time()
     with read_transaction(engine) as connection:
-        names = sorted(connection.execute(sa.select(task_types_table.c.name)).scalars())
+        names = type_names(connection)
         counts: dict[str, dict] = {}
         for row in connection.execute(
                 sa.select(attempts.c.task_type, attempts.c.state, sa.func.count().label("n"),

@@ -189,3 +189,8 @@ def load_registry(connection: Connection) -> dict[str, TaskType]:
     fields = [field.name for field in dataclasses.fields(TaskType)]
     rows = connection.execute(sa.select(*[task_types_table.c[name] for name in fields]))
     return {row.name: TaskType(**row._asdict()) for row in rows}
+
+
+def type_names(connection: Connection) -> list[str]:
+    """The names of the registered task types, sorted."""
+    return sorted(connection.execute(sa.select(task_types_table.c.name)).scalars())

@@ -1,173 +1,17 @@
-"""Writing a :class:`~eas_controller.chains.Plan` into the database, in the caller's transaction.
+"""Submitting a task chain: validate and expand it, then write it in one transaction.
 
-Used by ``submit.py`` (a whole chain, one transaction: a bad file leaves nothing behind) and by the
-scheduler (the children of a control task it expands at run time). Inserts go level by level with
-``RETURNING`` where the dialect supports it, so a 10^5-task chain costs a few hundred statements.
+Used by ``submit.py`` and every other way in (a bad file leaves nothing behind: the whole plan is written
+by :mod:`eas_controller.store.plans` in the one transaction).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Iterable
-
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from eas_controller import states
-from eas_controller.chains import ChainError, Plan
-from eas_controller.database.engine import IN_LIST_SIZE, chunks, reserve_ids
-from eas_controller.database.schema import jobs, products, task_dependencies, tasks
+from eas_controller.chains import Plan
+from eas_controller.store.plans import check_inputs, create_job, write_plan
 
-_CHUNK = IN_LIST_SIZE
-
-
-def find_producers(connection: Connection, paths: Iterable[str], lock: bool = True) -> dict[str, tuple[int, bool]]:
-    """For each relative path already planned in the database: (producing task id, product ready to read).
-
-    The producers' rows are locked: a producer finishing at this moment either commits first (and is seen
-    as done) or waits for this transaction (and then releases the dependency rows written here).
-    """
-    found: dict[str, tuple[int, bool]] = {}
-    paths = sorted(set(paths))
-    for chunk in chunks(paths):
-        query = (
-            sa.select(products.c.relative_path, products.c.task_id, products.c.state, tasks.c.state.label("task_state"))
-            .join(tasks, tasks.c.id == products.c.task_id)
-            .where(products.c.relative_path.in_(chunk))
-            .order_by(products.c.id)
-        )
-        rows = connection.execute(query.with_for_update() if lock else query)
-        for row in rows:  # the latest planned producer of a path wins
-            found[row.relative_path] = (row.task_id, row.state == "made" and row.task_state == states.DONE)
-    return found
-
-
-def check_inputs(connection: Connection, plan: Plan, lock: bool = True) -> dict[str, tuple[int, bool]]:
-    """Producers in the database of the inputs no task of the plan makes; :class:`ChainError` if one has none."""
-    unresolved = {path for node in plan.nodes for path, _semantic in node.unresolved_inputs}
-    producers = find_producers(connection, unresolved, lock) if unresolved else {}
-    for node in plan.nodes:
-        for path, semantic in node.unresolved_inputs:
-            if path not in producers:
-                raise ChainError(
-                    "%s: %s: field 'inputs.%s': no task produces file %r (not in this chain, nor in the database)"
-                    % (plan.source, node.chain_path, semantic, path)
-                )
-    return producers
-
-
-def insert_rows_returning_ids(connection: Connection, table: sa.Table, rows: list[dict]) -> list[int]:
-    """Insert ``rows`` and return their new ids in order, in as few round trips as the dialect allows."""
-    if not rows:
-        return []
-    reserved = reserve_ids(connection, table, len(rows))
-    if reserved is not None:
-        for chunk_start in range(0, len(rows), _CHUNK):
-            chunk = rows[chunk_start : chunk_start + _CHUNK]
-            connection.execute(table.insert(), [dict(row, id=new_id) for row, new_id in
-                                                zip(chunk, reserved[chunk_start : chunk_start + _CHUNK])])
-        return reserved
-    if connection.dialect.insert_executemany_returning_sort_by_parameter_order:
-        ids = []
-        for chunk in chunks(rows):
-            result = connection.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True), chunk)
-            ids.extend(row[0] for row in result)
-        return ids
-    return [connection.execute(table.insert().values(**row)).inserted_primary_key[0] for row in rows]
-
-
-def create_job(connection: Connection, name: str, source: str | None) -> int:
-    return connection.execute(jobs.insert().values(name=name, source=source, submitted_at=time.time())).inserted_primary_key[0]
-
-
-def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: dict[str, int | None] | None = None) -> dict[int, int]:
-    """Insert the plan's tasks, dependencies and planned products. Returns {node index: task id}.
-
-    Raises :class:`ChainError` (before writing anything) when an input is produced by nobody.
-    """
-    nodes = plan.nodes
-    max_attempts = max_attempts or {}
-    producers = check_inputs(connection, plan)
-
-    # Dependencies per node: (kind, Node or existing task id, satisfied); one row per distinct target.
-    requirements: dict[int, dict] = {}
-    for node in nodes:
-        required: dict = {}
-        for child in node.children:
-            required.setdefault(("node", child.index), ("child", False))
-        for source in node.metadata_from:
-            required.setdefault(("node", source.index), ("metadata", False))
-        for producer, _path, _semantic in node.file_dependencies:
-            required.setdefault(("node", producer.index), ("file", False))
-        for path, _semantic in node.unresolved_inputs:
-            task_id, ready = producers[path]
-            required.setdefault(("task", task_id), ("file", ready))
-        requirements[node.index] = required
-
-    now = time.time()
-    ids: dict[int, int] = {}
-    depth: dict[int, int] = {}
-    for node in nodes:  # parents always come before their children
-        depth[node.index] = depth[node.parent.index] + 1 if node.parent is not None else 0
-    for level in sorted(set(depth.values())):
-        level_nodes = [node for node in nodes if depth[node.index] == level]
-        rows = []
-        for node in level_nodes:
-            unmet = sum(1 for kind, satisfied in requirements[node.index].values() if not satisfied)
-            if node.is_control and node.expanded:
-                state = states.RUNNING if unmet else states.READY
-            else:
-                state = states.WAITING if unmet else states.READY
-            parent_id = ids[node.parent.index] if node.parent is not None else node.parent_task_id
-            rows.append(
-                dict(
-                    job_id=job_id,
-                    parent_id=parent_id,
-                    name=node.name,
-                    chain_path=node.chain_path[:1024],
-                    task_type=node.task_type,
-                    is_control=node.is_control,
-                    job_name=node.job_name,
-                    working_directory=node.working_directory,
-                    description=json.dumps(node.description),
-                    metadata=json.dumps(node.metadata),
-                    state=state,
-                    expansions=1 if node.expanded else 0,
-                    priority=node.priority,
-                    unmet_dependencies=unmet,
-                    attempt_count=0,
-                    max_attempts=max_attempts.get(node.task_type),
-                    needs_evaluation=node.needs_evaluation,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-        for node, task_id in zip(level_nodes, insert_rows_returning_ids(connection, tasks, rows)):
-            ids[node.index] = task_id
-
-    dependency_rows = []
-    for node in nodes:
-        for (target_kind, target), (kind, satisfied) in requirements[node.index].items():
-            dependency_rows.append(
-                dict(
-                    task_id=ids[node.index],
-                    requires_task_id=ids[target] if target_kind == "node" else target,
-                    kind=kind,
-                    satisfied=satisfied,
-                )
-            )
-    for chunk in chunks(dependency_rows):
-        connection.execute(task_dependencies.insert(), chunk)
-
-    product_rows = [
-        dict(task_id=ids[node.index], semantic_type=semantic, relative_path=path, state="planned")
-        for node in nodes
-        for semantic, path in node.outputs.items()
-    ]
-    for chunk in chunks(product_rows):
-        connection.execute(products.insert(), chunk)
-    return ids
+__all__ = ["check_inputs", "submit_chain", "submit_plan"]
 
 
 def submit_plan(connection: Connection, plan: Plan, max_attempts: dict[str, int | None] | None = None) -> tuple[int, dict[int, int]]:

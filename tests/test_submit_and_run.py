@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from eas_controller.database import schema
 from eas_controller.database.engine import make_engine
 from eas_controller.database.schema import attempts, log_lines, metadata_items, product_versions, products, sql_queue, tasks
 from eas_controller.queues import make_queue
+from eas_controller.retries import RetryPolicy
 from eas_controller.scheduler import Scheduler
 
 # -- helpers shared with test_concurrency.py and test_registry.py ----------------------------------------
@@ -351,7 +353,7 @@ def test_submission_reading_a_product_whose_producer_is_finishing_is_not_left_wa
     The completion is held open here (as a worker's transaction would be); the submission must either
     wait for it and see the producer done, or write its dependency where the completion will release it.
     """
-    from eas_controller import lifecycle, states
+    from eas_controller.store import tasks as task_store
     from eas_controller.chains import read_chain_file
     from eas_controller.submission import submit_chain
 
@@ -371,7 +373,7 @@ def test_submission_reading_a_product_whose_producer_is_finishing_is_not_left_wa
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
         with connection.begin():  # the producer's completion, as a worker writes it: product first, then task
             connection.execute(products.update().where(products.c.task_id == maker.id).values(state="made"))
-            lifecycle.finish_task(connection, maker.id, states.DONE)
+            task_store.finish_done(connection, [maker.id], time.time())
             thread = threading.Thread(target=submit_second)
             thread.start()
             thread.join(2)  # a submission that does not wait for the producer's row finishes here
@@ -479,7 +481,7 @@ def test_a_group_of_results_is_fenced_attempt_by_attempt(eas, tmp_path):
         Outcome(succeeded=True, exit_status=0, wall_s=0.01, metadata={"i": index}), {}, started_at=time.time())
         for index, claim in enumerate(claims)]
     results = run_transaction(eas.engine, lambda connection: completion.record_outcomes(
-        connection, worker, items, 1, 5.0, queue if queue.in_database else None))
+        connection, worker, items, RetryPolicy(1, 5.0), queue if queue.in_database else None))
     assert results == ["succeeded", "lost", "succeeded"]
     with eas.engine.connect() as connection:
         states = dict(connection.execute(sa.select(attempts.c.id, attempts.c.state)).all())

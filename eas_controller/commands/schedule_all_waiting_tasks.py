@@ -5,9 +5,6 @@ whose worker stopped renewing their lease. It prints one line per pass that did 
 
 from __future__ import annotations
 
-import logging
-import time
-
 from eas_controller import cli
 
 EPILOG = """examples:
@@ -31,51 +28,19 @@ def main(argv: list[str]) -> int:
 
 
 def schedule(args) -> int:
-    from sqlalchemy.exc import DBAPIError
-
-    from eas_controller.database.engine import is_retryable, read_transaction
     from eas_controller.queues import make_queue
     from eas_controller.scheduler import Scheduler
-    from eas_controller.worker.resources import describe_unmet, unmet_needs
+    from eas_controller.scheduler.daemon import SchedulerDaemon
 
     cli.setup_logging()
-    log = logging.getLogger("eas.scheduler")
     settings = cli.settings_from(args)
     if args.interval is not None:
         if args.interval <= 0:
             raise cli.CommandError("--interval must be positive")
         settings.scheduler_interval = args.interval
+    if args.batch_size < 1:
+        raise cli.CommandError("--batch-size must be positive")
     engine = cli.connect(settings)
-    queue = make_queue(settings, engine)
-    scheduler = Scheduler(engine, queue, settings.max_attempts, batch_size=args.batch_size,
+    scheduler = Scheduler(engine, make_queue(settings, engine), settings.max_attempts, batch_size=args.batch_size,
                           retry_backoff_s=settings.retry_backoff_s)
-    outage = 0
-    unmet_checked, unmet_said = 0.0, ("", 0.0)
-    while True:
-        started = time.time()
-        try:
-            result = scheduler.run_pass()
-            if result.did_something or args.verbose:
-                log.info("pass: %s (%.2f s)", scheduler.status_line(result), time.time() - started)
-            elif time.time() - unmet_checked > 30:  # idle: say (once, and every 10 min) what no worker can run
-                unmet_checked = time.time()
-                with read_transaction(engine) as connection:
-                    unmet = describe_unmet(unmet_needs(connection))
-                if unmet and (unmet != unmet_said[0] or unmet_checked - unmet_said[1] > 600):
-                    log.warning(unmet)
-                    unmet_said = (unmet, unmet_checked)
-        except DBAPIError as error:  # the daemon rides out a database restart
-            if args.once or not is_retryable(error):
-                raise
-            outage += 1
-            delay = min(10.0, 2.0 * outage)
-            log.warning("database unavailable (%s); next pass in %.0f s", str(error.orig).splitlines()[0][:200], delay)
-            time.sleep(delay)
-            continue
-        if outage:
-            log.info("database reachable again")
-            outage = 0
-        if args.once:
-            return 0
-        if not result.did_something:
-            time.sleep(settings.scheduler_interval)
+    return SchedulerDaemon(engine, scheduler, settings.scheduler_interval, verbose=args.verbose).run(once=args.once)

@@ -16,6 +16,11 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from eas_controller.database.dialects import (
+    checks_foreign_keys_per_row,
+    needs_explicit_snapshot,
+    sequences_follow_explicit_ids,
+)
 from eas_controller.database.engine import write_transaction
 
 
@@ -23,7 +28,7 @@ from eas_controller.database.engine import write_transaction
 def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
     """A read-only view of every table as of one moment."""
     with engine.connect() as connection:
-        if engine.dialect.name in ("postgresql", "mysql", "mariadb"):
+        if needs_explicit_snapshot(engine):
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
         with connection.begin():
             yield connection
@@ -33,7 +38,7 @@ def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
 def bulk_load_transaction(engine: Engine) -> Iterator[Connection]:
     """One write transaction for loading rows with explicit ids (foreign keys unchecked on MySQL)."""
     with write_transaction(engine) as connection:
-        mysql = engine.dialect.name in ("mysql", "mariadb")
+        mysql = checks_foreign_keys_per_row(engine)
         if mysql:
             connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
         try:
@@ -45,7 +50,7 @@ def bulk_load_transaction(engine: Engine) -> Iterator[Connection]:
 
 def reset_sequences(connection: Connection, tables) -> None:
     """Make new rows get ids past the largest existing one (PostgreSQL: setval on each id sequence)."""
-    if connection.dialect.name != "postgresql":
+    if sequences_follow_explicit_ids(connection):
         return
     for table in tables:
         key = [column for column in table.primary_key.columns if column.autoincrement is not False]

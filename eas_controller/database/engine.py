@@ -11,7 +11,6 @@ Deadlocks and lock timeouts are retried by :func:`run_transaction`, lost connect
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from contextlib import contextmanager
@@ -20,6 +19,8 @@ from typing import Callable, Iterator, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+from eas_controller.backoff import exponential_delay
 
 T = TypeVar("T")
 
@@ -148,7 +149,7 @@ def run_transaction(
             tried += 1
             if not is_retryable(error) or (attempts and tried >= attempts):
                 raise
-            delay = min(max_delay, 0.02 * (2 ** min(tried, 10))) * (0.5 + random.random())
+            delay = exponential_delay(tried, 0.02, max_delay, jitter=1.0)
             if on_retry:
                 on_retry(error, delay)
             elif delay >= 1.0:  # not a passing deadlock: say so
@@ -195,16 +196,3 @@ def check_server_version(engine: Engine) -> None:
     refusal = version_refusal(engine.dialect.name, version)
     if refusal:
         raise DatabaseError(refusal)
-
-
-def reserve_ids(connection: Connection, table: sa.Table, count: int) -> list[int] | None:
-    """PostgreSQL: take ``count`` new ids from ``table``'s id sequence in one round trip, so that many rows can be
-    inserted with a plain executemany (several times faster there than an ordered ``INSERT ... RETURNING``).
-    Elsewhere None: the caller uses ``RETURNING``."""
-    if connection.dialect.name != "postgresql" or count < 1:
-        return None
-    rows = connection.execute(
-        sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"),
-        dict(table=table.name, count=count),
-    )
-    return [row[0] for row in rows]

@@ -30,6 +30,8 @@ def create_schema(engine: Engine) -> str:
             % (existing, schema.SCHEMA_VERSION)
         )
     schema.metadata_obj.create_all(engine)
+    if existing is not None and existing < 3:
+        _add_worker_labels(engine)
     with write_transaction(engine) as connection:
         table = schema.schema_info
         if existing is None:
@@ -39,6 +41,14 @@ def create_schema(engine: Engine) -> str:
             table.update().where(table.c.key == "schema_version").values(value=str(schema.SCHEMA_VERSION))
         )
     return "schema version %d already present" % schema.SCHEMA_VERSION
+
+
+def _add_worker_labels(engine: Engine) -> None:
+    """Version 2 -> 3: ``eas_workers.labels`` (where a worker runs: Slurm job and array ids, pod name)."""
+    columns = {column["name"] for column in sa.inspect(engine).get_columns(schema.workers.name)}
+    if "labels" not in columns:
+        with write_transaction(engine) as connection:
+            connection.exec_driver_sql("ALTER TABLE %s ADD COLUMN labels TEXT" % schema.workers.name)
 
 
 def drop_schema(engine: Engine) -> None:

@@ -8,9 +8,6 @@ attempt (``sql``, ``amqp``, or ``amqp-new`` while RabbitMQ has not yet confirmed
 from eas_controller.queues.base import Queue
 from eas_controller.queues.sql import SqlQueue
 
-IMPLEMENTATIONS = ("sql", "amqp")
-
-
 def make_queue(settings, engine) -> Queue:
     """The queue implementation the settings name."""
     if settings.queue == "sql":

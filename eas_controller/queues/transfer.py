@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import logging
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eas_controller import states
 from eas_controller.database.engine import read_transaction, run_transaction
-from eas_controller.database.schema import attempts, sql_queue, task_types as task_types_table, tasks
-from eas_controller.queues.amqp import CARRIED, PENDING, AmqpQueue, BrokerError, _connection_errors, describe
+from eas_controller.queues.amqp import CARRIED, PENDING, AmqpQueue
+from eas_controller.queues.broker import BrokerError, connection_errors, describe
 from eas_controller.queues.sql import SqlQueue
+from eas_controller.registry import type_names
+from eas_controller.store import attempts as attempt_store
+from eas_controller.store import sql_queue as queue_store
 
 log = logging.getLogger("eas.queue.transfer")
-
-
-def _queued_entries(connection: Connection, carriers: list[str]) -> list[dict]:
-    rows = connection.execute(
-        sa.select(attempts.c.id, attempts.c.task_id, attempts.c.task_type, tasks.c.priority)
-        .join(tasks, tasks.c.id == attempts.c.task_id)
-        .where(attempts.c.state == states.A_QUEUED, attempts.c.queue.in_(carriers))
-        .order_by(attempts.c.id)
-    ).all()
-    return [dict(attempt_id=row.id, task_id=row.task_id, task_type=row.task_type, priority=row.priority) for row in rows]
-
-
-def _set_carrier(connection: Connection, attempt_ids: list[int], carrier: str) -> None:
-    for start in range(0, len(attempt_ids), 500):
-        connection.execute(attempts.update().where(
-            attempts.c.id.in_(attempt_ids[start:start + 500]), attempts.c.state == states.A_QUEUED).values(queue=carrier))
 
 
 def to_amqp(engine: Engine, amqp: AmqpQueue) -> dict:
@@ -43,11 +28,9 @@ def to_amqp(engine: Engine, amqp: AmqpQueue) -> dict:
 
     def body(connection: Connection) -> list[dict]:
         # lock the SQL queue rows first (claims lock them before the attempts too), then relabel
-        rows = connection.execute(sa.select(sql_queue.c.id).with_for_update()).scalars().all()
-        for start in range(0, len(rows), 500):
-            connection.execute(sql_queue.delete().where(sql_queue.c.id.in_(rows[start:start + 500])))
-        entries = _queued_entries(connection, ["sql", PENDING])
-        _set_carrier(connection, [entry["attempt_id"] for entry in entries], PENDING)
+        queue_store.take_all(connection)
+        entries = attempt_store.queued_entries(connection, ["sql", PENDING])
+        attempt_store.set_carrier(connection, [entry["attempt_id"] for entry in entries], PENDING)
         return entries
 
     entries = run_transaction(engine, body)
@@ -62,24 +45,20 @@ def to_sql(engine: Engine, sql: SqlQueue, amqp: AmqpQueue | None) -> dict:
     """
     channel, deliveries, broker_note = None, [], None
     with read_transaction(engine) as connection:
-        names = connection.execute(sa.select(task_types_table.c.name)).scalars().all()
-        carried = connection.execute(sa.select(attempts.c.id).where(
-            attempts.c.state == states.A_QUEUED, attempts.c.queue.in_([CARRIED, PENDING])).limit(1)).first()
-    if amqp is not None and carried is not None:  # with nothing queued on RabbitMQ, leave the broker alone
+        names = type_names(connection)
+        carried = attempt_store.queued_entries(connection, [CARRIED, PENDING], limit=1)
+    if amqp is not None and carried:  # with nothing queued on RabbitMQ, leave the broker alone
         try:
             channel, deliveries = amqp.broker.drain(names)
-        except (BrokerError,) + _connection_errors() as error:
+        except (BrokerError,) + connection_errors() as error:
             broker_note = ("RabbitMQ unreachable (%s): messages it still holds are dropped when delivered, "
                            "because their attempts are no longer queued there" % describe(error))
 
     def body(connection: Connection) -> list[dict]:
-        entries = _queued_entries(connection, [CARRIED, PENDING])
+        entries = attempt_store.queued_entries(connection, [CARRIED, PENDING])
         ids = [entry["attempt_id"] for entry in entries]
-        present = set()
-        for start in range(0, len(ids), 500):
-            present.update(connection.execute(sa.select(sql_queue.c.attempt_id).where(
-                sql_queue.c.attempt_id.in_(ids[start:start + 500]))).scalars())
-        _set_carrier(connection, ids, sql.name)
+        present = queue_store.present(connection, ids)
+        attempt_store.set_carrier(connection, ids, sql.name)
         sql.enqueue(connection, [entry for entry in entries if entry["attempt_id"] not in present])
         return entries
 
@@ -94,7 +73,7 @@ def to_sql(engine: Engine, sql: SqlQueue, amqp: AmqpQueue | None) -> dict:
             for delivery in deliveries:
                 channel.basic_ack(delivery.tag)
             channel.close()
-        except _connection_errors() as error:
+        except connection_errors() as error:
             broker_note = ("RabbitMQ connection lost while acknowledging (%s): leftover messages are dropped "
                            "when delivered" % describe(error))
     return dict(moved=len(entries), messages=len(deliveries), note=broker_note)
@@ -108,18 +87,13 @@ def adopt_restored(engine: Engine, queue) -> dict:
     saved database had on RabbitMQ move into the SQL queue and missing queue rows are restored.
     """
     with read_transaction(engine) as connection:
-        queued = connection.execute(sa.select(sa.func.count()).select_from(attempts)
-                                    .where(attempts.c.state == states.A_QUEUED)).scalar()
+        queued = attempt_store.count_queued(connection)
     if queue.name == CARRIED:
-        def relabel(connection: Connection) -> None:
-            connection.execute(attempts.update().where(attempts.c.state == states.A_QUEUED,
-                                                       attempts.c.queue == CARRIED).values(queue=PENDING))
-
-        run_transaction(engine, relabel)
+        run_transaction(engine, lambda connection: attempt_store.relabel_queued(connection, CARRIED, PENDING))
         report = to_amqp(engine, queue)
         return dict(queued=queued, handed=report["moved"], unconfirmed=report["unconfirmed"])
     moved = to_sql(engine, queue, None)
     with read_transaction(engine) as connection:
-        names = connection.execute(sa.select(task_types_table.c.name)).scalars().all()
+        names = type_names(connection)
     resynced = queue.resync(names, True)
     return dict(queued=queued, handed=moved["moved"] + len(resynced["missing"]), unconfirmed=0)

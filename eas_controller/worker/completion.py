@@ -7,7 +7,7 @@ transaction publishes the products, stores the log lines, the product versions, 
 the timings, then finishes the task and releases the tasks that waited for it — or schedules a retry.
 
 A lost connection while committing leaves the worker not knowing whether the commit happened; the retry
-tells the cases apart (see :func:`record_outcome`), so a result is never recorded twice nor a product
+tells the cases apart (see :func:`record_outcomes`), so a result is never recorded twice nor a product
 left behind by an attempt that lost its lease in the meantime.
 """
 
@@ -17,15 +17,16 @@ import dataclasses
 import os
 import time
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from eas_controller import lifecycle, products, states
-from eas_controller.database.engine import chunks
-from eas_controller.database.schema import attempts, log_lines, metadata_items, tasks
-from eas_controller.scheduler import retry_or_fail
+from eas_controller import products, states
+from eas_controller.retries import RetryPolicy
+from eas_controller.store import attempts as attempt_store
+from eas_controller.store import logs
+from eas_controller.store import metadata as metadata_store
+from eas_controller.store import products as product_store
+from eas_controller.store import tasks as task_store
 from eas_controller.worker.execution import Outcome, PreparedAttempt, check_outputs, read_output_metadata
-from eas_controller.worker.logs import clip
 
 LOST = "lost"
 RELEASED = "released"
@@ -87,16 +88,8 @@ class Completion:
         return self.prepared.attempt_id
 
 
-def record_outcome(connection: Connection, worker: dict, prepared: PreparedAttempt, outcome: Outcome,
-                   made: dict[str, dict], default_max_attempts: int, retry_backoff_s: float,
-                   release: bool = False, publication: products.Publication | None = None) -> str:
-    """:func:`record_outcomes` for one attempt."""
-    item = Completion(prepared, outcome, made, release, publication if publication is not None else products.Publication())
-    return record_outcomes(connection, worker, [item], default_max_attempts, retry_backoff_s)[0]
-
-
-def record_outcomes(connection: Connection, worker: dict, items: list[Completion], default_max_attempts: int,
-                    retry_backoff_s: float, queue=None) -> list[str]:
+def record_outcomes(connection: Connection, worker: dict, items: list[Completion], policy: RetryPolicy,
+                    queue=None) -> list[str]:
     """The completion transaction's body for a group of attempts. Returns each attempt's new state, ``lost``
     or ``released``.
 
@@ -111,16 +104,11 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
     the attempt was taken from us meanwhile, files an earlier try published are taken back before ``lost``
     is returned.
     """
-    owners = {}
-    for chunk in chunks(sorted(item.attempt_id for item in items)):
-        for row in connection.execute(
-            sa.select(attempts.c.id, attempts.c.state, attempts.c.worker_id, attempts.c.error_text)
-            .where(attempts.c.id.in_(chunk)).with_for_update()
-        ):
-            owners[row.id] = row
+    owners = attempt_store.lock_for_completion(connection, [item.attempt_id for item in items])
     now = time.time()
     results: list[str | None] = [None] * len(items)
     updates, log_rows, done, failures, metadata_rows, replaced = [], [], [], [], [], []
+    done_states: dict[int, str] = {}
     for index, item in enumerate(items):
         owner, publication = owners[item.attempt_id], item.publication
         ours = owner.worker_id == worker["id"]
@@ -138,11 +126,12 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
         publication.tried = True
         prepared, outcome = item.prepared, item.outcome
         attempt_id, task_id = item.attempt_id, prepared.claim["task_id"]
-        logs = list(outcome.log_lines) + prepared.logs.take()
-        outcome.log_lines = logs  # kept for the next try if this transaction does not commit
-        log_rows.extend(_log_rows(attempt_id, task_id, logs))
+        lines = list(outcome.log_lines) + prepared.logs.take()
+        outcome.log_lines = lines  # kept for the next try if this transaction does not commit
+        log_rows.extend(logs.rows_for(attempt_id, task_id, lines))
         if item.release:
-            release_attempt(connection, attempt_id, task_id, now, outcome.wall_s)
+            attempt_store.release(connection, attempt_id, task_id, now, RELEASE_NOTE, outcome.wall_s,
+                                  current={attempt_id: owner.state})
             results[index] = RELEASED
             continue
         succeeded = outcome.succeeded
@@ -151,83 +140,34 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
                 publication.publish(facts["staged"], facts["path"])
             else:
                 publication.quarantine(facts["staged"], facts["path"])
-        products.record_versions(connection, task_id, attempt_id, item.made)
+        product_store.record_versions(connection, task_id, attempt_id, item.made)
         updates.append(dict(
             b_id=attempt_id, b_state=states.A_SUCCEEDED if succeeded else states.A_FAILED, b_ended_at=now,
             b_started_at=item.started_at or prepared.claim.get("started_at", now), b_exit_status=outcome.exit_status,
             b_wall_s=outcome.wall_s, b_cpu_s=outcome.cpu_s, b_cpu_children_s=outcome.cpu_children_s,
-            b_error_text=None if succeeded else clip(outcome.error_text or "failed"),
+            b_error_text=None if succeeded else logs.clip(outcome.error_text or "failed"),
         ))
         if succeeded:
             if prepared.claim.get("number", 0) != 1:  # only an earlier success leaves metadata behind
                 replaced.append(task_id)
-            metadata_rows.extend(lifecycle.metadata_rows(task_id, attempt_id, outcome.metadata))
+            metadata_rows.extend(metadata_store.rows_for(task_id, attempt_id, outcome.metadata))
             done.append(task_id)
+            done_states[task_id] = owner.task_state
             results[index] = states.A_SUCCEEDED
         else:
             failures.append((task_id, attempt_id, (outcome.error_text or "failed").strip().splitlines()[-1][:1000]))
             results[index] = states.A_FAILED
     if updates:
-        finish_attempts(connection, updates)
-    if log_rows:
-        connection.execute(log_lines.insert(), log_rows)
-    for task_id in replaced:
-        lifecycle.clear_task_metadata(connection, task_id)
-    if metadata_rows:
-        connection.execute(metadata_items.insert(), metadata_rows)
+        attempt_store.finish(connection, updates, worker["id"], {row_id: row.state for row_id, row in owners.items()})
+    logs.insert_rows(connection, log_rows)
+    metadata_store.clear(connection, replaced)
+    metadata_store.insert_rows(connection, metadata_rows)
     if done:
-        dependants = lifecycle.finish_tasks_done(connection, done, now)
+        _moved, dependants = task_store.finish_done(connection, done, now, current=done_states)
         if queue is not None and dependants:
-            ready = lifecycle.ready_plain_tasks(connection, dependants)
-            queue.enqueue(connection, lifecycle.create_attempts(connection, ready, queue.name, now))
+            ready = task_store.ready_plain_tasks(connection, dependants)
+            queue.enqueue(connection, attempt_store.create(connection, ready, queue.name, now,
+                                                           current={row.id: task_store.QUEUE_FROM[0] for row in ready}))
     for task_id, attempt_id, reason in failures:
-        retry_or_fail(connection, task_id, reason, now, default_max_attempts, retry_backoff_s, attempt_id=attempt_id)
+        task_store.retry_or_fail(connection, task_id, reason, now, policy, attempt_id=attempt_id)
     return results
-
-
-_FINISH_ATTEMPT = (
-    attempts.update().where(attempts.c.id == sa.bindparam("b_id")).values(
-        state=sa.bindparam("b_state"), started_at=sa.bindparam("b_started_at"), ended_at=sa.bindparam("b_ended_at"),
-        exit_status=sa.bindparam("b_exit_status"), wall_s=sa.bindparam("b_wall_s"), cpu_s=sa.bindparam("b_cpu_s"),
-        cpu_children_s=sa.bindparam("b_cpu_children_s"), error_text=sa.bindparam("b_error_text"),
-    )
-)
-
-
-def finish_attempts(connection: Connection, updates: list[dict]) -> None:
-    """Write the attempts' results. MySQL/MariaDB: one UPDATE for the whole group, each column a ``CASE id
-    WHEN ...`` over the group's rows (its driver sends an executemany as one round trip per row); PostgreSQL
-    (psycopg pipelines an executemany) and SQLite (in process): one prepared UPDATE per row."""
-    if len(updates) == 1 or connection.dialect.name != "mysql":
-        connection.execute(_FINISH_ATTEMPT, updates)
-        return
-    for start in range(0, len(updates), 100):
-        chunk = updates[start : start + 100]
-        ids = [row["b_id"] for row in chunk]
-        values = {}
-        for column in ("state", "started_at", "ended_at", "exit_status", "wall_s", "cpu_s", "cpu_children_s", "error_text"):
-            target = attempts.c[column]
-            values[column] = sa.case(
-                {row["b_id"]: sa.literal(row["b_" + column], target.type) for row in chunk}, value=attempts.c.id,
-                else_=target)
-        connection.execute(attempts.update().where(attempts.c.id.in_(ids)).values(**values))
-
-
-def release_attempt(connection: Connection, attempt_id: int, task_id: int, now: float, wall_s: float | None = None,
-                    note: str = RELEASE_NOTE) -> None:
-    """Give a running attempt back: it ends ``cancelled`` (not a failure) and its task is ready again."""
-    connection.execute(attempts.update().where(attempts.c.id == attempt_id).values(
-        state=states.A_CANCELLED, ended_at=now, wall_s=wall_s, error_text=note))
-    connection.execute(tasks.update().where(tasks.c.id == task_id, tasks.c.state == states.RUNNING).values(
-        state=states.READY, attempt_count=tasks.c.attempt_count - 1, not_before=None, updated_at=now))
-
-
-def write_log_lines(connection: Connection, attempt_id: int, task_id: int, lines: list) -> None:
-    if lines:
-        connection.execute(log_lines.insert(), _log_rows(attempt_id, task_id, lines))
-
-
-def _log_rows(attempt_id: int, task_id: int, lines: list) -> list[dict]:
-    return [dict(attempt_id=attempt_id, task_id=task_id, created_at=when, severity=severity, stream=stream,
-                 message=clip(message))
-            for when, severity, stream, message in lines]

@@ -13,23 +13,12 @@ import os
 import threading
 import time
 
+from eas_controller.store.logs import MAX_MESSAGE_BYTES, clip  # noqa: F401 - shared with the store
+
 MAX_LINES_PER_STREAM = 20_000
 MAX_LINE_CHARS = 4_000
-#: A single message (a traceback) is kept whole up to this many bytes (a MySQL TEXT holds 65,535).
-MAX_MESSAGE_BYTES = 60_000
 SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR")
 STREAM_SEVERITY = {"stdout": "INFO", "stderr": "WARNING"}
-
-
-def clip(text: str, limit_bytes: int = MAX_MESSAGE_BYTES) -> str:
-    """``text`` if it fits in ``limit_bytes`` of UTF-8, else its head and tail (a traceback's end matters most)."""
-    encoded = text.encode("utf-8", "replace")
-    if len(encoded) <= limit_bytes:
-        return text
-    keep = (limit_bytes - 100) // 2
-    head = encoded[:keep].decode("utf-8", "ignore")
-    tail = encoded[-keep:].decode("utf-8", "ignore")
-    return "%s\n[... %d bytes cut ...]\n%s" % (head, len(encoded) - 2 * keep, tail)
 
 
 class LogBuffer:

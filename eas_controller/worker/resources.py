@@ -1,8 +1,8 @@
-"""Resources: what a worker offers (cpus, gpus, memory), what is free, and what no live worker can offer.
+"""Resources: what a worker offers (cpus, gpus, memory) and what is free.
 
 A worker claims only task types whose registered ``resources`` fit in its free capacity, so a 2-cpu worker
 never runs two 2-cpu tasks at once. A task type needing more than every live worker offers (a GPU on a
-cluster of CPU nodes) waits in the queue; :func:`unmet_needs` says so, and the scheduler daemon prints it.
+cluster of CPU nodes) waits in the queue; :func:`eas_controller.capacity.unmet_needs` says so.
 """
 
 from __future__ import annotations
@@ -10,19 +10,8 @@ from __future__ import annotations
 import glob
 import os
 import threading
-import time
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from eas_controller import states
-from eas_controller.database.schema import task_types as task_types_table
-from eas_controller.database.schema import tasks, workers
 from eas_controller.registry import TaskType
-
-#: A worker counts as live if its row was updated this recently (heartbeats come every lease/3 seconds).
-LIVE_WINDOW_S = 120.0
-RESOURCES = ("cpu", "gpu", "memory_gb")
 
 
 def detect_gpus() -> list[str]:
@@ -93,40 +82,3 @@ class Capacity:
             for key, need in self.needs(task_type).items():
                 self.free[key] += need
             self.free_gpu_ids.extend(gpu_ids or [])
-
-
-def unmet_needs(connection: Connection, now: float | None = None, live_window_s: float = LIVE_WINDOW_S) -> dict[str, dict]:
-    """Ready or queued tasks that no live worker could ever run for lack of resources.
-
-    Returns {task type: {"tasks": n, "short": ["gpu", ...]}}; empty when nothing is stuck or no worker is
-    live (then nothing can be said about what the workers offer).
-    """
-    now = time.time() if now is None else now
-    live = connection.execute(sa.select(workers.c.cpus, workers.c.gpus, workers.c.memory_gb).where(
-        workers.c.state != "stopped", workers.c.last_seen >= now - live_window_s)).all()
-    if not live:
-        return {}
-    counts = dict(connection.execute(sa.select(tasks.c.task_type, sa.func.count()).where(
-        tasks.c.state.in_([states.READY, states.QUEUED]), tasks.c.is_control.is_(False)).group_by(tasks.c.task_type)).all())
-    if not counts:
-        return {}
-    offers = [dict(cpu=row.cpus, gpu=row.gpus, memory_gb=row.memory_gb) for row in live]
-    result = {}
-    for row in connection.execute(sa.select(task_types_table.c.name, task_types_table.c.cpu, task_types_table.c.gpu,
-                                            task_types_table.c.memory_gb).where(task_types_table.c.name.in_(list(counts)))):
-        needs = dict(cpu=row.cpu or 0, gpu=row.gpu or 0, memory_gb=row.memory_gb or 0)
-        if any(all(needs[key] <= offer[key] + 1e-9 for key in RESOURCES) for offer in offers):
-            continue
-        short = [key for key in RESOURCES if needs[key] > max(offer[key] for offer in offers) + 1e-9]
-        result[row.name] = dict(tasks=counts[row.name], short=short or [key for key in RESOURCES if needs[key] > 0])
-    return result
-
-
-def describe_unmet(unmet: dict[str, dict]) -> str:
-    """E.g. ``3 queued tasks need resources no live worker offers: gpu (fit_psf)``; empty if nothing."""
-    if not unmet:
-        return ""
-    total = sum(item["tasks"] for item in unmet.values())
-    short = sorted({key for item in unmet.values() for key in item["short"]})
-    return "%d queued task%s resources no live worker offers: %s (%s)" % (
-        total, " needs" if total == 1 else "s need", "+".join(short), ", ".join(sorted(unmet)))

@@ -1,0 +1,137 @@
+"""Claiming: take attempts for the free slots (and, for short task types, ahead of them) into a local
+backlog, hand them to slots as capacity frees up, and give back what was claimed but never started.
+
+Short tasks: for task types whose recent attempts took under ``PREFETCH_HORIZON_S``, the worker claims up
+to ``prefetch`` attempts per slot ahead of time (a local backlog, leased like running attempts), so a
+slot starts its next attempt without waiting for a claim and one transaction claims, or records, many
+attempts. Types that run longer, or have not run here yet, are never claimed ahead: a long task cannot
+hold others hostage in a busy worker's backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from eas_controller.database.engine import run_transaction
+from eas_controller.store import attempts as attempt_store
+from eas_controller.store import tasks as task_store
+from eas_controller.worker.attempt import RunningAttempt, first_line
+
+log = logging.getLogger("eas.worker")
+
+#: Attempts of a task type are claimed ahead of free slots only while its recent attempts (preparation,
+#: run and checks) took less than this, on average.
+PREFETCH_HORIZON_S = 0.25
+SHUTDOWN_RELEASE_NOTE = "released: the worker shut down before starting it (not counted as a failure)"
+
+
+class ClaimingMixin:
+    """The :class:`~eas_controller.worker.service.Worker`'s claiming side (runs on its main thread)."""
+
+    def _claim(self) -> int:
+        """Claim for the free slots, plus attempts of short task types ahead of time; they join the backlog."""
+        names, limit = self.capacity.claimable(self.types)
+        ahead = self._prefetch_room()
+        if limit >= 1 and ahead and all(name in ahead[0] for name in names):
+            limit += ahead[1]  # every type the free slots could take is short: claim ahead in the same query
+        elif limit < 1 and ahead and self.capacity.free_slots < 1:
+            names, limit = sorted(ahead[0]), ahead[1]  # all slots busy: fill the backlog with short work
+        if limit < 1 or not names:
+            return 0
+        all_types = self.type_filter is None and len(names) == len(self.types) == len(self.all_type_names)
+        self.claiming_since = time.time()
+        try:
+            claims = self.queue.claim(self.record, None if all_types else names, limit, self.lease_seconds)
+            if claims:
+                self.transactions["claims"] += 1
+                self.transactions["claimed"] += len(claims)
+            for claim in claims:
+                task_type = self.types.get(claim["task_type"])
+                if task_type is None:  # registered since the last refresh
+                    self.load_types()
+                    task_type = self.types.get(claim["task_type"])
+                if task_type is None:
+                    self._give_back(claim, "released: this worker cannot run task type %s" % claim["task_type"])
+                    continue
+                running = RunningAttempt(claim, task_type, None)
+                with self.running_lock:
+                    self.running[running.attempt_id] = running
+                self.backlog.append(running)
+        finally:
+            self.claiming_since = None
+        return len(claims)
+
+    def _prefetch_room(self) -> tuple[set, int] | None:
+        """(short task types, how many more attempts the backlog may take), or None when nothing may be
+        claimed ahead. The backlog holds at most ``prefetch`` per slot, and no more than the slots get
+        through in about ``PREFETCH_HORIZON_S``; it is refilled once it is half empty, so that each claim
+        takes many attempts rather than one each time a slot takes one."""
+        if not self.prefetch or self.stopping.is_set():
+            return None
+        short = {name: took for name, took in self.durations.items() if name in self.types and took < PREFETCH_HORIZON_S}
+        if not short:
+            return None
+        slowest = max(max(short.values()), 0.001)
+        size = min(self.prefetch, int(PREFETCH_HORIZON_S / slowest)) * self.concurrency
+        room = size - len(self.backlog)
+        return (set(short), room) if room > 0 and len(self.backlog) <= size // 2 else None
+
+    def _dispatch(self) -> None:
+        """Hand backlog attempts to free slots, in claim order, while the next one fits the free capacity."""
+        while self.backlog:
+            running = self.backlog[0]
+            if running.lost:  # taken away while it waited (cancelled, or its lease expired): never started
+                self.backlog.popleft()
+                self._forget(running)
+                self._report_lost(running)
+                self.counts["lost"] += 1
+                continue
+            if not self.capacity.fits(running.task_type):
+                return
+            self.backlog.popleft()
+            running.gpu_ids = self.capacity.take(running.task_type)
+            self.work.put(running)
+
+    def _forget(self, running: RunningAttempt) -> None:
+        with self.running_lock:
+            self.running.pop(running.attempt_id, None)
+        self.finished.set()
+
+    def _give_back(self, claim: dict, note: str) -> None:
+        log.warning("attempt %d (task %d): %s", claim["attempt_id"], claim["task_id"], note)
+        run_transaction(self.engine, lambda connection: attempt_store.release(
+            connection, claim["attempt_id"], claim["task_id"], time.time(), note), attempts=0,
+            on_retry=self._database_retry)
+
+    def _work_may_come(self) -> bool:
+        """Burst mode: could anything still reach this worker (ready/queued tasks it runs, or running tasks)?"""
+        names = sorted(self.types)
+
+        return self._read(lambda connection: task_store.work_may_come(connection, names))
+
+    def _release_backlog(self) -> None:
+        """Give back the attempts claimed ahead that no slot started (not failures; they run elsewhere)."""
+        waiting = list(self.backlog)
+        self.backlog.clear()
+        if not waiting:
+            return
+        me, now = self.record["id"], time.time()
+
+        def body(connection):
+            current = attempt_store.lock_owned(connection, [running.attempt_id for running in waiting], me)
+            released = 0
+            for running in waiting:
+                released += len(attempt_store.release(connection, running.attempt_id, running.claim["task_id"], now,
+                                                      SHUTDOWN_RELEASE_NOTE, current=current))
+            return released
+
+        try:
+            released = run_transaction(self.engine, body, attempts=3)
+            self.counts["released"] += released
+            log.info("released %d attempt(s) claimed ahead and not started", released)
+        except Exception as error:  # their leases expire and the scheduler gives them to other workers
+            log.warning("could not release %d attempt(s) claimed ahead (%s); they are retried when their leases "
+                        "expire", len(waiting), first_line(str(error))[:200])
+        for running in waiting:
+            self._forget(running)

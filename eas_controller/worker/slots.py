@@ -1,0 +1,111 @@
+"""Slots: one thread per slot runs attempts from the backlog in a child process, checks their outputs and
+hands the result to the recorder; a cleaner thread removes scratch folders off the busy threads."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+
+from eas_controller import states
+from eas_controller.worker import completion
+from eas_controller.worker.attempt import RunningAttempt, first_line
+from eas_controller.worker.execution import Outcome, PreparedAttempt, prepare, run_command
+from eas_controller.worker.pool import PythonChild
+
+log = logging.getLogger("eas.worker")
+
+
+class SlotsMixin:
+    """The :class:`~eas_controller.worker.service.Worker`'s slot threads."""
+
+    def _slot(self) -> None:
+        child = PythonChild(self.nice)
+        try:
+            while True:
+                running = self.work.get()
+                if running is None:
+                    return
+                handed_over = False
+                try:
+                    handed_over = self._run_attempt(running, child)
+                except Exception:
+                    log.exception("attempt %d: unexpected error in the worker", running.attempt_id)
+                finally:
+                    self.capacity.give_back(running.task_type, running.gpu_ids)
+                    if not handed_over:
+                        self._forget(running)
+                    self.finished.set()
+        finally:
+            child.close()
+
+    def _run_attempt(self, running: RunningAttempt, child: PythonChild) -> bool:
+        """Run one attempt and check its outputs; True once its result is handed to the recorder."""
+        claim, task_type, logs = running.claim, running.task_type, running.logs
+        running.started_at = time.time()
+        prepared = None
+        try:
+            prepared = prepare(claim, task_type, self.settings.data_dir, running.gpu_ids, logs)
+            if task_type.kind == "python":
+                metadata_in = {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
+                outcome = child.run(prepared, metadata_in, running)
+            else:
+                outcome = run_command(prepared, self.nice, running)
+        except Exception:  # the worker could not start or watch the task: fail the attempt with the reason
+            outcome = Outcome(succeeded=False, error_text="the worker could not run the task:\n" + traceback.format_exc())
+        if running.lost:  # the heartbeat found it taken away and stopped it: nothing of this run is kept
+            self._finished(running, prepared, outcome, completion.LOST)
+            return False
+        item = self._check(running, prepared, outcome, child)
+        took = time.time() - running.started_at
+        previous = self.durations.get(task_type.name)
+        self.durations[task_type.name] = took if previous is None else 0.8 * previous + 0.2 * took
+        self.completions.put((running, item))
+        return True
+
+    def _check(self, running: RunningAttempt, prepared, outcome: Outcome, child: PythonChild) -> completion.Completion:
+        """Check the outputs (in the slot: QC runs in its child) and say in the attempt's log how it ended."""
+        logs = running.logs
+        release = outcome.stopped and self.kill_running.is_set() and not running.lost
+        made = {}
+        if prepared is not None and not release:
+            try:
+                made = completion.inspect_outputs(prepared, outcome, lambda *args: child.check_products(*args, stop_event=running))
+            except Exception:
+                outcome.succeeded = False
+                outcome.error_text = "the worker could not check the outputs:\n" + traceback.format_exc()
+        if release:
+            logs.add("WARNING", "worker", "stopped at shutdown after the %g s grace period; released back to the queue "
+                     "(not counted as a failure)" % self.grace_period)
+        elif outcome.timed_out:
+            logs.add("ERROR", "worker", "%s: the task's process group was killed (SIGTERM, then SIGKILL)" % outcome.error_text)
+        elif not outcome.succeeded:
+            logs.add("ERROR", "worker", outcome.error_text or "failed")
+        if prepared is None:  # nothing was set up: record the failure without files
+            prepared = _bare_prepared(running, self.settings.data_dir)
+        return completion.Completion(prepared, outcome, made, release, started_at=running.started_at)
+
+    def _finished(self, running: RunningAttempt, prepared, outcome: Outcome, result: str) -> None:
+        """After the result is recorded (or discarded): say so, count it, clean the scratch folder."""
+        claim = running.claim
+        if result == completion.LOST:
+            self._report_lost(running)
+        self.counts[result if result in self.counts else "failed"] += 1
+        log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
+                 result, outcome.wall_s, "" if result != states.A_FAILED else ": " + first_line(outcome.error_text))
+        if prepared is not None and prepared.work_dir and (not self.keep_scratch or result == completion.LOST):
+            self.trash.put(prepared.work_dir)
+
+    def _clean_loop(self) -> None:
+        while True:
+            path = self.trash.get()
+            if path is None:
+                return
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _bare_prepared(running: RunningAttempt, data_dir: str) -> PreparedAttempt:
+    return PreparedAttempt(claim=running.claim, task_type=running.task_type, work_dir="", environment={}, inputs={},
+                           outputs={}, final_outputs={}, description_path="", metadata_in_path="", metadata_out_path="",
+                           logs=running.logs, data_dir=data_dir)
