@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Long JSON documents: TEXT is only 64 KiB on MySQL.
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -172,6 +172,7 @@ workers = Table(
     Column("state", String(16), nullable=False),  # running | stopping | stopped
     Column("started_at", Double, nullable=False),
     Column("last_seen", Double, nullable=False),
+    Column("labels", Text),  # JSON: where the worker runs (Slurm job and array ids, pod name)
 )
 
 log_lines = Table(
