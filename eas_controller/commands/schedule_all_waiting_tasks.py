@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from eas_controller import cli
+from eas_controller import cli, metrics
 
 EPILOG = """examples:
   ./schedule_all_waiting_tasks.py              run until interrupted (Ctrl-C)
@@ -22,6 +22,7 @@ def build_parser():
                         help="seconds between passes when idle (default: setting scheduler_interval, 0.5)")
     parser.add_argument("--batch-size", type=int, default=1000, help="tasks promoted per transaction (default 1000)")
     parser.add_argument("--verbose", action="store_true", help="also log idle passes")
+    metrics.add_arguments(parser)
     return parser
 
 
@@ -49,12 +50,14 @@ def schedule(args) -> int:
     queue = make_queue(settings, engine)
     scheduler = Scheduler(engine, queue, settings.max_attempts, batch_size=args.batch_size,
                           retry_backoff_s=settings.retry_backoff_s)
+    metrics.serve_from_args(args, "scheduler", engine, database_counts=True, lease_seconds=settings.lease_seconds)
     outage = 0
     unmet_checked, unmet_said = 0.0, ("", 0.0)
     while True:
         started = time.time()
         try:
             result = scheduler.run_pass()
+            metrics.scheduler_pass(result)
             if result.did_something or args.verbose:
                 log.info("pass: %s (%.2f s)", scheduler.status_line(result), time.time() - started)
             elif time.time() - unmet_checked > 30:  # idle: say (once, and every 10 min) what no worker can run

@@ -6,7 +6,7 @@ and output metadata. SIGTERM/Ctrl-C: stop claiming, let running tasks finish wit
 
 from __future__ import annotations
 
-from eas_controller import cli
+from eas_controller import cli, metrics
 
 EPILOG = """examples:
   ./worker.py                                 serve every task type, one at a time per core
@@ -40,6 +40,7 @@ def build_parser():
                              "so short tasks run back to back and are claimed and recorded in groups (default 50; "
                              "0: claim only for free slots)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    metrics.add_arguments(parser)
     return parser
 
 
@@ -72,6 +73,7 @@ def work(args) -> int:
                     task_types=task_types, cpus=cpus, gpus=args.gpus, memory_gb=args.memory_gb, burst=args.burst,
                     nice=args.nice, grace_period=args.grace_period, poll_interval=args.poll_interval,
                     keep_scratch=args.keep_scratch, prefetch=args.prefetch)
+    metrics.serve_from_args(args, "worker", engine)
     try:
         return worker.run()
     except ValueError as error:

@@ -40,7 +40,7 @@ import traceback
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eas_controller import states
+from eas_controller import metrics, states
 from eas_controller.config import Settings
 from eas_controller.database.engine import is_retryable, read_transaction, run_transaction
 from eas_controller.database.schema import attempts, control_progress, tasks, workers
@@ -255,6 +255,7 @@ class Worker:
             if claims:
                 self.transactions["claims"] += 1
                 self.transactions["claimed"] += len(claims)
+                metrics.claimed(len(claims))
             for claim in claims:
                 task_type = self.types.get(claim["task_type"])
                 if task_type is None:  # registered since the last refresh
@@ -401,6 +402,7 @@ class Worker:
         if result == completion.LOST:
             self._report_lost(running)
         self.counts[result if result in self.counts else "failed"] += 1
+        metrics.attempt_finished(claim["task_type"], result, outcome.wall_s)
         log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
                  result, outcome.wall_s, "" if result != states.A_FAILED else ": " + _first_line(outcome.error_text))
         if prepared is not None and prepared.work_dir and (not self.keep_scratch or result == completion.LOST):
