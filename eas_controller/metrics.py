@@ -5,9 +5,9 @@ leases it found expired, database errors it met — is counted in the process th
 functions below, which cost nothing until :func:`serve` has started the endpoint. What the database knows
 — tasks by state and type, queue depth per type, attempts by state, workers and lost workers — is read at
 scrape time by :class:`DatabaseCollector`, served by the scheduler only (every worker serving it would
-repeat the same numbers and multiply the queries). Its queries are a handful of ``GROUP BY`` statements
-whose results are kept for ``cache_s`` seconds, or 20 times what they cost if that is longer, so a busy
-database with a large history spends a small share of its time on being watched.
+repeat the same numbers and multiply the queries). Its queries are a handful of ``GROUP BY`` statements,
+each result kept for ``cache_s`` seconds or 20 times what it cost if that is longer, so a busy database
+with a large history spends a small share of its time on being watched.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import threading
 import time
 
 import sqlalchemy as sa
+
+from eas_controller import states
+from eas_controller.database.engine import read_transaction
+from eas_controller.database.schema import attempts, tasks, workers
 
 #: Attempt durations span milliseconds (no-op tasks) to hours (transit searches).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
@@ -153,34 +157,40 @@ def watch_engine(engine) -> None:
 
 
 class DatabaseCollector:
-    """The database's view, read at scrape time and kept for a few seconds (see the module docstring)."""
+    """The database's view, read at scrape time. Each query's result is kept for ``cache_s`` seconds, or 20
+    times what it cost if that is longer: the cheap counts (attempts by state, the queue, the workers) stay
+    fresh while counting a large table of tasks is done less often."""
 
     def __init__(self, engine, lease_seconds: float = 60.0, cache_s: float = 5.0):
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.cache_s = cache_s
         self._lock = threading.Lock()
-        self._cached: tuple[float, float, dict] | None = None  # (read at, cost in s, counts)
+        self._cache: dict[str, tuple[float, float, object]] = {}  # query -> (read at, cost in s, result)
         self._up = 0
 
     def describe(self):
         return []  # families depend on the data; registering must not query the database
 
-    def counts(self) -> dict | None:
-        """The counts, from the cache while it is fresh; None when the database cannot be read."""
+    def counts(self) -> dict:
+        """Each query's result, from the cache while it is fresh; the last one when the database fails."""
         with self._lock:
-            now = time.time()
-            if self._cached is not None and now - self._cached[0] < max(self.cache_s, 20 * self._cached[1]):
-                return self._cached[2]
-            started = time.perf_counter()
-            try:
-                counts = read_counts(self.engine, self.lease_seconds)
-            except sa.exc.SQLAlchemyError:
-                self._up = 0
-                return self._cached[2] if self._cached else None
-            self._up = 1
-            self._cached = (now, time.perf_counter() - started, counts)
-            return counts
+            up = 1
+            for name, query in QUERIES.items():
+                cached = self._cache.get(name)
+                now = time.time()
+                if cached is not None and now - cached[0] < max(self.cache_s, 20 * cached[1]):
+                    continue
+                started = time.perf_counter()
+                try:
+                    with read_transaction(self.engine) as connection:
+                        value = query(connection, self.lease_seconds)
+                except sa.exc.SQLAlchemyError:
+                    up = 0
+                    break
+                self._cache[name] = (now, time.perf_counter() - started, value)
+            self._up = up
+            return {name: cached[2] for name, cached in self._cache.items()}
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -189,48 +199,68 @@ class DatabaseCollector:
         up = GaugeMetricFamily("eas_database_up", "1 when the last read of the database's counts worked")
         up.add_metric([], self._up)
         yield up
-        if counts is None:
-            return
-        age = GaugeMetricFamily("eas_database_counts_age_seconds", "how old the database counts below are")
-        age.add_metric([], max(0.0, time.time() - self._cached[0]) if self._cached else 0.0)
+        age = GaugeMetricFamily("eas_database_counts_age_seconds", "how old each query's counts are", labels=["query"])
+        cost = GaugeMetricFamily("eas_database_counts_query_seconds", "what each query cost when it last ran",
+                                 labels=["query"])
+        now = time.time()
+        for name, (read_at, took, _value) in sorted(self._cache.items()):
+            age.add_metric([name], max(0.0, now - read_at))
+            cost.add_metric([name], took)
         yield age
-        cost = GaugeMetricFamily("eas_database_counts_query_seconds", "what reading the database counts cost")
-        cost.add_metric([], self._cached[1] if self._cached else 0.0)
         yield cost
         families = (
-            ("eas_tasks", "tasks by state and task type", ["state", "task_type"], "tasks"),
-            ("eas_attempts", "attempts by state (stalled: lease expired, its worker lost)", ["state"], "attempts"),
+            ("eas_tasks", "tasks by state and task type", ["state", "task_type"], counts.get("tasks")),
+            ("eas_attempts", "attempts by state (stalled: lease expired, its worker lost)", ["state"],
+             counts.get("attempts")),
             ("eas_queue_depth", "attempts queued and not yet claimed, by task type and queue", ["task_type", "queue"],
-             "queued"),
-            ("eas_workers", "registered workers by the state they last reported", ["state"], "workers"),
+             counts.get("queued")),
+            ("eas_workers", "registered workers by the state they last reported", ["state"],
+             (counts.get("workers") or {}).get("states")),
         )
-        for name, help_text, labels, key in families:
+        for name, help_text, labels, values in families:
+            if values is None:
+                continue
             family = GaugeMetricFamily(name, help_text, labels=labels)
-            for label_values, value in sorted(counts[key].items()):
+            for label_values, value in sorted(values.items()):
                 family.add_metric(list(label_values), value)
             yield family
-        lost = GaugeMetricFamily("eas_workers_lost", "workers that say they run but sent no heartbeat for a lease "
-                                 "period (killed, cut off or frozen)")
-        lost.add_metric([], counts["lost_workers"])
-        yield lost
+        if "workers" in counts:
+            lost = GaugeMetricFamily("eas_workers_lost", "workers that say they run but sent no heartbeat for a "
+                                     "lease period (killed, cut off or frozen)")
+            lost.add_metric([], counts["workers"]["lost"])
+            yield lost
 
 
-def read_counts(engine, lease_seconds: float) -> dict:
-    """The database counts the collector serves: one short read transaction, five ``GROUP BY`` queries."""
-    from eas_controller import states
-    from eas_controller.database.engine import read_transaction
-    from eas_controller.database.schema import attempts, tasks, workers
+# -- the queries (reads only); each returns {label values: count} ---------------------------------------------
+def task_counts(connection, _lease_seconds) -> dict:
+    """Every task, grouped: reads the whole table (about 0.2 s per 100,000 tasks on MariaDB, 0.14 s on
+    PostgreSQL), which is still cheaper than reading the unfinished and the finished ones through the state
+    index separately; the cost-based cache keeps it a small share of the database's time."""
+    rows = connection.execute(sa.select(tasks.c.state, tasks.c.task_type, sa.func.count())
+                              .group_by(tasks.c.state, tasks.c.task_type))
+    return {(state, task_type): count for state, task_type, count in rows}
 
-    with read_transaction(engine) as connection:
-        task_counts = {(state, task_type): count for state, task_type, count in connection.execute(
-            sa.select(tasks.c.state, tasks.c.task_type, sa.func.count()).group_by(tasks.c.state, tasks.c.task_type))}
-        attempt_counts = {(state,): count for state, count in connection.execute(
-            sa.select(attempts.c.state, sa.func.count()).group_by(attempts.c.state))}
-        queued = {(task_type, queue): count for task_type, queue, count in connection.execute(
-            sa.select(attempts.c.task_type, attempts.c.queue, sa.func.count())
-            .where(attempts.c.state == states.A_QUEUED).group_by(attempts.c.task_type, attempts.c.queue))}
-        worker_counts = {(state,): count for state, count in connection.execute(
-            sa.select(workers.c.state, sa.func.count()).group_by(workers.c.state))}
-        lost = connection.execute(sa.select(sa.func.count()).select_from(workers).where(
-            workers.c.state.in_(["running", "stopping"]), workers.c.last_seen < time.time() - lease_seconds)).scalar()
-    return dict(tasks=task_counts, attempts=attempt_counts, queued=queued, workers=worker_counts, lost_workers=lost or 0)
+
+def attempt_states(connection, _lease_seconds) -> dict:
+    """Served by the ``(state, lease_expires_at)`` index alone."""
+    return {(state,): count for state, count in connection.execute(
+        sa.select(attempts.c.state, sa.func.count()).group_by(attempts.c.state))}
+
+
+def queued_attempts(connection, _lease_seconds) -> dict:
+    return {(task_type, queue): count for task_type, queue, count in connection.execute(
+        sa.select(attempts.c.task_type, attempts.c.queue, sa.func.count())
+        .where(attempts.c.state == states.A_QUEUED).group_by(attempts.c.task_type, attempts.c.queue))}
+
+
+def worker_states(connection, lease_seconds) -> dict:
+    """Workers by state, and those whose row says they run but whose heartbeat stopped a lease ago."""
+    by_state = {(state,): count for state, count in connection.execute(
+        sa.select(workers.c.state, sa.func.count()).group_by(workers.c.state))}
+    lost = connection.execute(sa.select(sa.func.count()).select_from(workers).where(
+        workers.c.state.in_(["running", "stopping"]), workers.c.last_seen < time.time() - lease_seconds)).scalar()
+    return dict(states=by_state, lost=lost or 0)
+
+
+QUERIES = dict(tasks=task_counts, attempts=attempt_states,
+               queued=queued_attempts, workers=worker_states)

@@ -38,6 +38,24 @@ def scrape(port: int) -> dict:
     return samples
 
 
+def served_names(port: int) -> set:
+    """Every family and sample name the endpoint serves (a family may have no sample yet)."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as response:
+        families = list(text_string_to_metric_families(response.read().decode()))
+    return {family.name for family in families} | {sample.name for family in families for sample in family.samples}
+
+
+def documented_names() -> set:
+    """The eas_* names that docs/metrics.md and the Grafana dashboard use."""
+    import re
+
+    text = ""
+    for name in ("metrics.md", "grafana_dashboard.json"):
+        with open(os.path.join(PROJECT_ROOT, "docs", name)) as handle:
+            text += handle.read()
+    return set(re.findall(r"\beas_[a-z_]+[a-z]", text)) - {"eas_controller", "eas_scheduler", "eas_workers_"}
+
+
 def by_labels(samples: dict, name: str, *labels: str) -> dict:
     return {tuple(dict(key)[label] for label in labels): value for key, value in samples.get(name, {}).items()}
 
@@ -146,6 +164,8 @@ def test_metrics_scraped_during_a_run_match_the_tables(backend, tmp_path):
         assert infinite[("succeeded", "null", "+Inf")] == 6
         assert samples["eas_claim_transactions_total"][frozenset()] >= 1
         assert scrape(scheduler_port)["eas_workers_lost"][frozenset()] == 0
+        undocumented = documented_names() - served_names(scheduler_port) - served_names(worker_port)
+        assert not undocumented, "documented but not served: %s" % sorted(undocumented)
 
         # The worker is killed: the scheduler finds the lease expired and the worker lost.
         worker.send_signal(signal.SIGKILL)

@@ -48,6 +48,8 @@ def upgrade_schema(engine: Engine, existing: int) -> str:
     """
     known = migrate.revisions()
     recorded = migrate.current_revision(engine)
+    if recorded == known[-1] and existing == schema.SCHEMA_VERSION:
+        return "schema version %d already present" % schema.SCHEMA_VERSION  # the common case, without Alembic's runner
     if recorded is not None and recorded not in known:
         raise DatabaseError(
             "the database has schema revision %s, newer than this code (revision %s, schema version %d): "

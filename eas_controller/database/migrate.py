@@ -10,6 +10,7 @@ upgraded like any other.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import sqlalchemy as sa
@@ -36,12 +37,17 @@ def _config(connection: Connection | None = None):
     return config
 
 
-def revisions() -> list[str]:
-    """Every revision this code knows, oldest first."""
+@functools.lru_cache(maxsize=1)
+def _revisions() -> tuple[str, ...]:
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(_config())
-    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+    return tuple(revision.revision for revision in reversed(list(script.walk_revisions())))
+
+
+def revisions() -> list[str]:
+    """Every revision this code knows, oldest first."""
+    return list(_revisions())
 
 
 def head() -> str:

@@ -296,6 +296,7 @@ class Worker:
                 self._forget(running)
                 self._report_lost(running)
                 self.counts["lost"] += 1
+                metrics.attempt_finished(running.task_type.name, completion.LOST, None)
                 continue
             if not self.capacity.fits(running.task_type):
                 return
