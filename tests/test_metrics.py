@@ -120,11 +120,20 @@ def same_worker_counts(expected: dict, scraped: dict) -> bool:
 
 
 def test_metrics_scraped_during_a_run_match_the_tables(backend, tmp_path):
-    eas = make_environment(backend, tmp_path, lease_seconds=2.0)
+    watch_a_run(make_environment(backend, tmp_path, lease_seconds=2.0), tmp_path)
+
+
+def test_metrics_match_the_tables_with_the_amqp_queue(tmp_path):
+    """Queue depth and claims are read from the attempts, so they hold with RabbitMQ carrying the messages."""
+    watch_a_run(make_environment("mysql", tmp_path, queue="amqp", lease_seconds=2.0), tmp_path, queue="amqp")
+
+
+def watch_a_run(eas, tmp_path, queue: str = "sql") -> None:
     chain = {"job_name": "watched", "task_list": (
         [{"task": "null", "name": "quick_%d" % index} for index in range(6)]
         + [{"task": "error", "name": "broken_%d" % index, "message": "on purpose"} for index in range(2)]
-        + [{"task": "sleep", "name": "long", "seconds": 600}])}
+        + [{"task": "sleep", "name": "long", "seconds": 600},
+           {"task": "shell", "name": "unclaimed", "command": "true"}])}  # no worker here runs shell: it stays queued
     path = tmp_path / "watched.json"
     path.write_text(json.dumps(chain))
     eas.script("job_submission/submit.py", "--tasks", str(path))
@@ -136,12 +145,14 @@ def test_metrics_scraped_during_a_run_match_the_tables(backend, tmp_path):
              "--metrics-port", str(scheduler_port)], cwd=PROJECT_ROOT, env=eas.env, stdout=log_file,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     worker = eas.start_worker("--name", "watched-worker", "--concurrency", "2", "--cpus", "2",
+                              "--task-types", "null,error,sleep",
                               "--metrics-port", str(worker_port))
     try:
         def long_task_running():
             view = database_view(eas.engine)
             finished = sum(count for (state, _type), count in view["tasks"].items() if state in ("done", "failed"))
-            return view["tasks"].get(("running", "sleep")) == 1 and finished == 8, view
+            return (view["tasks"].get(("running", "sleep")) == 1 and finished == 8
+                    and view["queued"] == {("shell", queue): 1}), view
 
         wait_until(long_task_running, "the quick tasks to finish while the long one runs")
 
@@ -182,6 +193,7 @@ def test_metrics_scraped_during_a_run_match_the_tables(backend, tmp_path):
 
         expected, _scraped, _lost, _expiries = wait_until(lease_expiry_seen, "the lease expiry to be counted")
         assert expected["workers"] == {("running",): 1}  # the row still says running: that is what "lost" means
+        assert expected["queued"] == {("shell", queue): 1}, expected
     finally:
         for process in (worker, scheduler):
             if process.poll() is None:
