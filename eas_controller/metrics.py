@@ -69,29 +69,6 @@ def database_error(kind: str = "error") -> None:
 
 
 # -- the endpoint -------------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    group = parser.add_argument_group("metrics (docs/metrics.md)")
-    group.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                       help="serve Prometheus metrics over HTTP on this port (default: no endpoint)")
-    group.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
-                       help="address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 for every interface)")
-
-
-def serve_from_args(args, role: str, engine=None, database_counts: bool = False, lease_seconds: float = 60.0):
-    """:func:`serve` if ``--metrics-port`` was given; a bad port or a taken one is one clear error line."""
-    if getattr(args, "metrics_port", None) is None:
-        return None
-    from eas_controller import cli
-
-    if not 0 < args.metrics_port < 65536:
-        raise cli.CommandError("--metrics-port must be between 1 and 65535")
-    try:
-        return serve(args.metrics_port, args.metrics_address, role, engine, database_counts, lease_seconds)
-    except OSError as error:
-        raise cli.CommandError("cannot serve metrics on %s:%d: %s" % (args.metrics_address, args.metrics_port,
-                                                                       error.strerror or error)) from None
-
-
 def serve(port: int, address: str = "127.0.0.1", role: str = "worker", engine=None, database_counts: bool = False,
           lease_seconds: float = 60.0, cache_s: float = 5.0):
     """Start the HTTP endpoint (a daemon thread) and the counters; count ``engine``'s database errors;

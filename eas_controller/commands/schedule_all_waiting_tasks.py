@@ -12,7 +12,8 @@ from eas_controller import cli, metrics
 
 EPILOG = """examples:
   ./schedule_all_waiting_tasks.py              run until interrupted (Ctrl-C)
-  ./schedule_all_waiting_tasks.py --once       one pass, then exit"""
+  ./schedule_all_waiting_tasks.py --once       one pass, then exit
+  ./schedule_all_waiting_tasks.py --metrics-port 9410   with a Prometheus endpoint (docs/metrics.md)"""
 
 
 def build_parser():
@@ -22,7 +23,7 @@ def build_parser():
                         help="seconds between passes when idle (default: setting scheduler_interval, 0.5)")
     parser.add_argument("--batch-size", type=int, default=1000, help="tasks promoted per transaction (default 1000)")
     parser.add_argument("--verbose", action="store_true", help="also log idle passes")
-    metrics.add_arguments(parser)
+    cli.add_metrics_arguments(parser)
     return parser
 
 
@@ -50,7 +51,7 @@ def schedule(args) -> int:
     queue = make_queue(settings, engine)
     scheduler = Scheduler(engine, queue, settings.max_attempts, batch_size=args.batch_size,
                           retry_backoff_s=settings.retry_backoff_s)
-    metrics.serve_from_args(args, "scheduler", engine, database_counts=True, lease_seconds=settings.lease_seconds)
+    cli.serve_metrics(args, "scheduler", engine, database_counts=True, lease_seconds=settings.lease_seconds)
     outage = 0
     unmet_checked, unmet_said = 0.0, ("", 0.0)
     while True:
