@@ -161,7 +161,8 @@ def watch_a_run(eas, tmp_path, queue: str = "sql") -> None:
             scraped = scheduler_view(scrape(scheduler_port))
             expected_worker = worker_attempts(eas.engine, "watched-worker")
             scraped_worker = worker_view(scrape(worker_port))
-            ok = scraped == expected == database_view(eas.engine) and same_worker_counts(expected_worker, scraped_worker)
+            ok = (scraped == expected == database_view(eas.engine)
+                  and same_worker_counts(expected_worker, scraped_worker))
             return ok, (expected, scraped, expected_worker, scraped_worker)
 
         expected, scraped, expected_worker, scraped_worker = wait_until(endpoints_agree, "the endpoints to agree")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 VERSION_TABLE = "eas_alembic_version"
