@@ -73,6 +73,31 @@ def run(main: Callable[[], int | None]) -> int:
         return 130
 
 
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` / ``--metrics-address`` of the long-running roles (docs/metrics.md)."""
+    group = parser.add_argument_group("metrics (docs/metrics.md)")
+    group.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                       help="serve Prometheus metrics over HTTP on this port (default: no endpoint)")
+    group.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
+                       help="address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 for every interface)")
+
+
+def serve_metrics(args: argparse.Namespace, role: str, engine, database_counts: bool = False,
+                  lease_seconds: float = 60.0):
+    """Start the metrics endpoint if ``--metrics-port`` was given; a bad or taken port is one clear error."""
+    if getattr(args, "metrics_port", None) is None:
+        return None
+    from eas_controller import metrics
+
+    if not 0 < args.metrics_port < 65536:
+        raise CommandError("--metrics-port must be between 1 and 65535")
+    try:
+        return metrics.serve(args.metrics_port, args.metrics_address, role, engine, database_counts, lease_seconds)
+    except OSError as error:
+        raise CommandError("cannot serve metrics on %s:%d: %s" % (args.metrics_address, args.metrics_port,
+                                                                   error.strerror or error)) from None
+
+
 def open_selection(args: argparse.Namespace):
     """For the recovery commands: settings, engine and the checked task selection (--job-name, --task-type...)."""
     from eas_controller import recovery

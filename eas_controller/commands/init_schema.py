@@ -1,4 +1,7 @@
-"""init_schema.py: create (or upgrade) the database schema and load the task-type registries."""
+"""init_schema.py: create (or upgrade) the database schema and load the task-type registries.
+
+An existing database of an older schema version is upgraded in place, through the schema's revisions
+(docs/migrations.md); one newer than this code is refused."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ EPILOG = """examples:
   ./init_schema.py --db_host 127.0.0.1 --db_port 3306 --db_user root --db_name eas
   ./init_schema.py --db-url postgresql://postgres@127.0.0.1/eas
   ./init_schema.py --task-types my_types.yaml        add your own task types (remembered)
+  ./init_schema.py --upgrade                         after installing a new release: apply pending revisions
 The connection and the registry files are recorded in the settings file, so later scripts need no flags."""
 
 
@@ -26,6 +30,9 @@ def build_parser():
     seed.add_argument("--db_name", help="database name (default eas; created if missing)")
     parser.add_argument("--task-types", action="append", metavar="FILE", default=None,
                         help="a task-type registry (YAML) to load in addition to the shipped one; repeatable")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="apply the schema revisions this database lacks (a new database is created at the latest "
+                             "version); plain init_schema.py does the same, --upgrade says so explicitly")
     parser.add_argument("--reset", action="store_true", help="drop every EAS table first (destroys all tasks)")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation with --reset")
     parser.add_argument("--no-save", action="store_true", help="do not record the connection in the settings file")
@@ -82,6 +89,8 @@ def initialise(args) -> int:
     from eas_controller.database.manage import create_schema, drop_schema
     from eas_controller.registry import read_registries, store_registry
 
+    if args.upgrade and args.reset:
+        raise cli.CommandError("give either --upgrade (keeps every task) or --reset (drops them all), not both")
     if args.db_host and args.db_url:
         raise cli.CommandError("give either --db-url or --db_host/--db_port/..., not both")
     given = ["--" + flag for flag in SEED_FLAGS if getattr(args, flag) is not None]

@@ -9,7 +9,8 @@ from eas_controller import cli
 
 EPILOG = """examples:
   ./schedule_all_waiting_tasks.py              run until interrupted (Ctrl-C)
-  ./schedule_all_waiting_tasks.py --once       one pass, then exit"""
+  ./schedule_all_waiting_tasks.py --once       one pass, then exit
+  ./schedule_all_waiting_tasks.py --metrics-port 9410   with a Prometheus endpoint (docs/metrics.md)"""
 
 
 def build_parser():
@@ -19,6 +20,7 @@ def build_parser():
                         help="seconds between passes when idle (default: setting scheduler_interval, 0.5)")
     parser.add_argument("--batch-size", type=int, default=1000, help="tasks promoted per transaction (default 1000)")
     parser.add_argument("--verbose", action="store_true", help="also log idle passes")
+    cli.add_metrics_arguments(parser)
     return parser
 
 
@@ -43,4 +45,5 @@ def schedule(args) -> int:
     engine = cli.connect(settings)
     scheduler = Scheduler(engine, make_queue(settings, engine), settings.max_attempts, batch_size=args.batch_size,
                           retry_backoff_s=settings.retry_backoff_s)
+    cli.serve_metrics(args, "scheduler", engine, database_counts=True, lease_seconds=settings.lease_seconds)
     return SchedulerDaemon(engine, scheduler, settings.scheduler_interval, verbose=args.verbose).run(once=args.once)

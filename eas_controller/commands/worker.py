@@ -12,7 +12,8 @@ EPILOG = """examples:
   ./worker.py                                 serve every task type, one at a time per core
   ./worker.py --concurrency 4 --name node7    four slots
   ./worker.py --task-types shell,sleep        only these types
-  ./worker.py --burst                         exit when nothing is left that it could run"""
+  ./worker.py --burst                         exit when nothing is left that it could run
+  ./worker.py --metrics-port 9411             with a Prometheus endpoint (docs/metrics.md)"""
 
 
 def build_parser():
@@ -40,6 +41,7 @@ def build_parser():
                              "so short tasks run back to back and are claimed and recorded in groups (default 50; "
                              "0: claim only for free slots)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    cli.add_metrics_arguments(parser)
     return parser
 
 
@@ -72,6 +74,7 @@ def work(args) -> int:
                     task_types=task_types, cpus=cpus, gpus=args.gpus, memory_gb=args.memory_gb, burst=args.burst,
                     nice=args.nice, grace_period=args.grace_period, poll_interval=args.poll_interval,
                     keep_scratch=args.keep_scratch, prefetch=args.prefetch)
+    cli.serve_metrics(args, "worker", engine)
     try:
         return worker.run()
     except ValueError as error:

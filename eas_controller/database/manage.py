@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eas_controller.database import schema
+from eas_controller.database import migrate, schema
 from eas_controller.database.engine import DatabaseError, check_server_version, write_transaction
 
 
@@ -21,7 +21,8 @@ def schema_version(engine: Engine) -> int | None:
 
 
 def create_schema(engine: Engine) -> str:
-    """Create missing tables (idempotent) and record the version. Returns what happened, for printing."""
+    """Create the schema on a new database, or bring an older one up to this code's version through the
+    revisions in ``migrations/`` (see :mod:`.migrate`). Returns what happened, for printing."""
     check_server_version(engine)
     existing = schema_version(engine)
     if existing is not None and existing > schema.SCHEMA_VERSION:
@@ -29,30 +30,48 @@ def create_schema(engine: Engine) -> str:
             "the database has schema version %d, newer than this code (%d): upgrade EAS Controller"
             % (existing, schema.SCHEMA_VERSION)
         )
-    schema.metadata_obj.create_all(engine)
-    if existing is not None and existing < 3:
-        _add_worker_labels(engine)
-    with write_transaction(engine) as connection:
-        table = schema.schema_info
-        if existing is None:
-            connection.execute(table.insert().values(key="schema_version", value=str(schema.SCHEMA_VERSION)))
-            return "created schema version %d" % schema.SCHEMA_VERSION
-        connection.execute(
-            table.update().where(table.c.key == "schema_version").values(value=str(schema.SCHEMA_VERSION))
-        )
-    return "schema version %d already present" % schema.SCHEMA_VERSION
-
-
-def _add_worker_labels(engine: Engine) -> None:
-    """Version 2 -> 3: ``eas_workers.labels`` (where a worker runs: Slurm job and array ids, pod name)."""
-    columns = {column["name"] for column in sa.inspect(engine).get_columns(schema.workers.name)}
-    if "labels" not in columns:
+    if existing is None:
+        schema.metadata_obj.create_all(engine)
         with write_transaction(engine) as connection:
-            connection.exec_driver_sql("ALTER TABLE %s ADD COLUMN labels TEXT" % schema.workers.name)
+            migrate.record_version(connection, schema.SCHEMA_VERSION)
+        migrate.stamp(engine, migrate.head())
+        return "created schema version %d" % schema.SCHEMA_VERSION
+    return upgrade_schema(engine, existing)
+
+
+def upgrade_schema(engine: Engine, existing: int) -> str:
+    """Apply the pending revisions to a database at schema version ``existing``.
+
+    ``eas_schema_info`` is the truth about the version (it is what every command checks): a database made
+    before the revisions existed, or whose Alembic record disagrees with it, is first stamped with the
+    revision of that version. A revision this code does not know means the database is newer: refused.
+    """
+    known = migrate.revisions()
+    recorded = migrate.current_revision(engine)
+    if recorded == known[-1] and existing == schema.SCHEMA_VERSION:
+        return "schema version %d already present" % schema.SCHEMA_VERSION  # the common case, without Alembic's runner
+    if recorded is not None and recorded not in known:
+        raise DatabaseError(
+            "the database has schema revision %s, newer than this code (revision %s, schema version %d): "
+            "upgrade EAS Controller" % (recorded, known[-1], schema.SCHEMA_VERSION)
+        )
+    if recorded is None or migrate.version_of(recorded) != existing:
+        start = migrate.revision_for(existing)
+        if start not in known:
+            raise DatabaseError("the database has schema version %d, which no revision of this code describes: "
+                                "restore it from a save (db_restore.py) into a new database" % existing)
+        migrate.stamp(engine, start)
+    applied = migrate.upgrade(engine)
+    if not applied:
+        return "schema version %d already present" % schema.SCHEMA_VERSION
+    return "upgraded schema version %d to schema version %d (revisions %s)" % (
+        existing, schema.SCHEMA_VERSION, ", ".join(applied))
 
 
 def drop_schema(engine: Engine) -> None:
     schema.metadata_obj.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS %s" % migrate.VERSION_TABLE))
 
 
 def require_schema(engine: Engine) -> None:

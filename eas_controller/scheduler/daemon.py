@@ -14,6 +14,7 @@ import time
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from eas_controller import metrics
 from eas_controller.capacity import describe_unmet, unmet_needs
 from eas_controller.database.engine import is_retryable, read_transaction
 from eas_controller.poller import Poller
@@ -42,6 +43,7 @@ class SchedulerDaemon(Poller):
     def poll(self) -> bool:
         started = time.time()
         result = self.scheduler.run_pass()
+        metrics.scheduler_pass(result)
         if result.did_something or self.verbose:
             log.info("pass: %s (%.2f s)", status_line(self.engine, result, self.counts.get()), time.time() - started)
         elif time.time() - self._unmet_checked > UNMET_CHECK_S:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 
+from eas_controller import metrics
 from eas_controller.database.engine import run_transaction
 from eas_controller.store import attempts as attempt_store
 from eas_controller.store import tasks as task_store
 from eas_controller.worker.attempt import RunningAttempt, first_line
+from eas_controller.worker.completion import LOST
 
 log = logging.getLogger("eas.worker")
 
@@ -46,6 +48,7 @@ class ClaimingMixin:
             if claims:
                 self.transactions["claims"] += 1
                 self.transactions["claimed"] += len(claims)
+                metrics.claimed(len(claims))
             for claim in claims:
                 task_type = self.types.get(claim["task_type"])
                 if task_type is None:  # registered since the last refresh
@@ -86,6 +89,7 @@ class ClaimingMixin:
                 self._forget(running)
                 self._report_lost(running)
                 self.counts["lost"] += 1
+                metrics.attempt_finished(running.task_type.name, LOST, None)
                 continue
             if not self.capacity.fits(running.task_type):
                 return

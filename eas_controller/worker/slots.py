@@ -8,7 +8,7 @@ import shutil
 import time
 import traceback
 
-from eas_controller import states
+from eas_controller import metrics, states
 from eas_controller.worker import completion
 from eas_controller.worker.attempt import RunningAttempt, first_line
 from eas_controller.worker.execution import Outcome, PreparedAttempt, prepare, run_command
@@ -92,6 +92,7 @@ class SlotsMixin:
         if result == completion.LOST:
             self._report_lost(running)
         self.counts[result if result in self.counts else "failed"] += 1
+        metrics.attempt_finished(claim["task_type"], result, outcome.wall_s)
         log.info("attempt %d (task %d, %s): %s in %.2f s%s", claim["attempt_id"], claim["task_id"], claim["task_type"],
                  result, outcome.wall_s, "" if result != states.A_FAILED else ": " + first_line(outcome.error_text))
         if prepared is not None and prepared.work_dir and (not self.keep_scratch or result == completion.LOST):
