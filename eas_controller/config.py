@@ -26,6 +26,7 @@ ENVIRONMENT_VARIABLES = {
     "data_dir": "EAS_DATA_DIR",
     "lease_seconds": "EAS_LEASE_SECONDS",
     "max_attempts": "EAS_MAX_ATTEMPTS",
+    "max_lost_attempts": "EAS_MAX_LOST_ATTEMPTS",
     "retry_backoff_s": "EAS_RETRY_BACKOFF_SECONDS",
     "scheduler_interval": "EAS_SCHEDULER_INTERVAL",
 }
@@ -47,7 +48,8 @@ class Settings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     amqp_queue_prefix: str = "eas."  # RabbitMQ queue names: prefix + task type
     lease_seconds: float = 60.0
-    max_attempts: int = 1
+    max_attempts: int = 1  # attempts a task may fail of its own accord (exit status, exception, timeout)
+    max_lost_attempts: int = 3  # attempts a task may lose with its worker (lease expired) before it fails
     retry_backoff_s: float = 5.0  # wait before the 2nd attempt of a task; doubles for each further one
     scheduler_interval: float = 0.5
     task_type_files: list[str] = dataclasses.field(default_factory=list)
@@ -66,7 +68,8 @@ def default_settings_path(environ: Mapping[str, str]) -> str:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    field_types = {"lease_seconds": float, "max_attempts": int, "scheduler_interval": float, "retry_backoff_s": float}
+    field_types = {"lease_seconds": float, "max_attempts": int, "max_lost_attempts": int, "scheduler_interval": float,
+                   "retry_backoff_s": float}
     try:
         value = field_types.get(name, lambda v: v)(value)
     except (TypeError, ValueError):
@@ -78,7 +81,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                           "'amq.' (reserved by RabbitMQ), not %r" % (source, value))
     if name == "task_type_files" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ConfigError("%s: task_type_files must be a list of file paths" % source)
-    if name in ("lease_seconds", "scheduler_interval", "max_attempts") and value <= 0:
+    if name in ("lease_seconds", "scheduler_interval", "max_attempts", "max_lost_attempts") and value <= 0:
         raise ConfigError("%s: setting %r must be positive, not %r" % (source, name, value))
     if name == "retry_backoff_s" and value < 0:
         raise ConfigError("%s: setting %r must not be negative, not %r" % (source, name, value))

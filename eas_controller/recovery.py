@@ -160,16 +160,17 @@ def release_held(engine: Engine, selection: Selection, dry_run: bool = False) ->
 
 def expired_leases(engine: Engine) -> int:
     with read_transaction(engine) as connection:
-        return connection.execute(sa.select(sa.func.count()).select_from(attempts).where(
-            attempts.c.state == states.A_RUNNING, attempts.c.lease_expires_at < time.time())).scalar()
+        return attempt_store.count_expired(connection)
 
 
 def reschedule_unfinished(engine: Engine, queue: Queue, selection: Selection, default_max_attempts: int = 1,
-                          dry_run: bool = False, schedule: bool = True) -> dict:
+                          dry_run: bool = False, schedule: bool = True, max_lost_attempts: int = 3,
+                          lease_seconds: float = 0.0, say=None) -> dict:
     """Give failed and stalled tasks a new attempt.
 
     1. Running attempts whose lease expired become ``stalled`` (as the scheduler does); their tasks retry
-       or fail by ``max_attempts``.
+       by ``max_lost_attempts``. Before that it waits up to ``lease_seconds`` (saying so with ``say``), so
+       that the workers of those attempts, if they are alive and were only cut off, renew first.
     2. Failed tasks become ``ready`` (one more attempt each, whatever ``max_attempts`` says); tasks waiting
        out a retry backoff are made ready now; queued or running tasks left without a live attempt (a
        crash at an unlucky moment, a restore) are made ready too. Control tasks that failed after
@@ -178,11 +179,12 @@ def reschedule_unfinished(engine: Engine, queue: Queue, selection: Selection, de
     """
     from eas_controller.scheduler import PassResult, Scheduler
 
-    scheduler = Scheduler(engine, queue, default_max_attempts)
+    scheduler = Scheduler(engine, queue, default_max_attempts, max_lost_attempts=max_lost_attempts)
     stalled = PassResult()
     if dry_run:
         stalled.stalled = expired_leases(engine)
     else:
+        wait_for_renewals(engine, lease_seconds, say)
         while True:  # one batch per call
             before = stalled.stalled
             scheduler.recover_stalled(stalled)
@@ -213,6 +215,20 @@ def reschedule_unfinished(engine: Engine, queue: Queue, selection: Selection, de
             if not result.promoted and not result.expanded and not result.finished_control:
                 break
     return report
+
+
+def wait_for_renewals(engine: Engine, lease_seconds: float, say=None) -> None:
+    """While attempts have expired leases, wait up to one lease period for their workers to renew them (a
+    live worker renews as soon as it reaches the database again)."""
+    expired = expired_leases(engine)
+    if not expired or lease_seconds <= 0:
+        return
+    if say is not None:
+        say("%d attempt(s) have an expired lease: waiting up to %g s for their workers to renew them" % (
+            expired, lease_seconds))
+    deadline = time.time() + lease_seconds
+    while time.time() < deadline and expired_leases(engine):
+        time.sleep(min(1.0, max(0.0, deadline - time.time())))
 
 
 # -- requeue_lost_messages.py ---------------------------------------------------------------------------------

@@ -24,15 +24,23 @@ class Decision:
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """``default_max_attempts`` applies to task types that set no ``max_attempts``; the n-th retry waits
-    ``backoff_s * 2**(n-1)`` seconds, at most :data:`MAX_RETRY_BACKOFF_S`."""
+    """A task's own failures (exit status, exception, timeout) and the attempts it lost with its worker (the
+    lease expired: OOM killer, evicted pod, preempted node, a Slurm time limit) are counted apart.
+
+    An own failure is retried while the task has failed fewer than ``max_attempts`` times (its type's, else
+    ``default_max_attempts``); a lost attempt is retried, whatever ``max_attempts`` says, while the task has
+    lost fewer than ``max_lost_attempts`` (a task that kills its worker each time ends failed). The n-th
+    retry waits ``backoff_s * 2**(n-1)`` seconds, at most :data:`MAX_RETRY_BACKOFF_S`."""
 
     default_max_attempts: int = 1
     backoff_s: float = 5.0
+    max_lost_attempts: int = 3
 
-    def decide(self, attempts_used: int, max_attempts: int | None) -> Decision:
-        limit = max_attempts or self.default_max_attempts
-        if attempts_used < limit:
-            delay = exponential_delay(max(0, attempts_used - 1), self.backoff_s, MAX_RETRY_BACKOFF_S)
-            return Decision(True, delay, attempts_used, limit)
-        return Decision(False, 0.0, attempts_used, limit)
+    def decide(self, failed: int, lost: int, max_attempts: int | None, was_lost: bool) -> Decision:
+        """``failed`` / ``lost``: the task's attempts so far that failed / were lost, the one just ended
+        included; ``was_lost``: which of the two just happened."""
+        used, limit = (lost, self.max_lost_attempts) if was_lost else (failed, max_attempts or self.default_max_attempts)
+        if used < limit:
+            delay = exponential_delay(max(0, failed + lost - 1), self.backoff_s, MAX_RETRY_BACKOFF_S)
+            return Decision(True, delay, used, limit)
+        return Decision(False, 0.0, used, limit)

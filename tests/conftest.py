@@ -154,12 +154,14 @@ class Environment:
     def env(self) -> dict:
         environment = dict(os.environ)
         for variable in ("EAS_QUEUE", "EAS_AMQP_URL", "EAS_AMQP_QUEUE_PREFIX", "EAS_LEASE_SECONDS", "EAS_MAX_ATTEMPTS",
+                         "EAS_MAX_LOST_ATTEMPTS",
                          "EAS_RETRY_BACKOFF_SECONDS"):
             environment.pop(variable, None)
         environment.update(EAS_DB_URL=self.settings.database_url, EAS_DATA_DIR=self.settings.data_dir,
                            EAS_CONFIG=self.settings.settings_path, EAS_QUEUE=self.settings.queue,
                            EAS_LEASE_SECONDS=str(self.settings.lease_seconds),
                            EAS_MAX_ATTEMPTS=str(self.settings.max_attempts),
+                           EAS_MAX_LOST_ATTEMPTS=str(self.settings.max_lost_attempts),
                            EAS_RETRY_BACKOFF_SECONDS=str(self.settings.retry_backoff_s),
                            EAS_AMQP_URL=self.settings.amqp_url, EAS_AMQP_QUEUE_PREFIX=self.settings.amqp_queue_prefix,
                            PYTHONUNBUFFERED="1")

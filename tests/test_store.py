@@ -126,18 +126,38 @@ def test_selection_operation_moves_only_from_its_states(eas, operation):
         assert after_states[row_id] == (after if state in sources else state), (state, after_states[row_id])
 
 
-def test_retry_or_fail_retries_while_attempts_are_left_then_fails(eas):
-    policy = RetryPolicy(default_max_attempts=2, backoff_s=5.0)
+def ended_attempts(connection, task_id: int, *attempt_states: str) -> None:
+    for number, state in enumerate(attempt_states, 1):
+        connection.execute(attempts.insert().values(task_id=task_id, number=number, task_type="sleep", state=state,
+                                                    queue="sql", queued_at=NOW))
+
+
+def test_retry_or_fail_counts_own_failures_and_lost_attempts_apart(eas):
+    policy = RetryPolicy(default_max_attempts=2, backoff_s=5.0, max_lost_attempts=3)
     with write_transaction(eas.engine) as connection:
-        first = add_tasks(connection, [states.RUNNING], attempt_count=1)[states.RUNNING]
-        last = add_tasks(connection, [states.RUNNING], attempt_count=2)[states.RUNNING]
-        done = add_tasks(connection, [states.DONE], attempt_count=1)[states.DONE]
-        assert task_store.retry_or_fail(connection, first, "exit status 1", NOW, policy) is True
-        assert task_store.retry_or_fail(connection, last, "exit status 1", NOW, policy) is False
+        ids = {name: add_tasks(connection, [states.RUNNING])[states.RUNNING]
+               for name in ("first", "last", "lost_twice", "lost_thrice", "failed_after_losses")}
+        done = add_tasks(connection, [states.DONE])[states.DONE]
+        ended_attempts(connection, ids["first"], states.A_FAILED)
+        ended_attempts(connection, ids["last"], states.A_FAILED, states.A_FAILED)
+        ended_attempts(connection, ids["lost_twice"], states.A_STALLED, states.A_STALLED)
+        ended_attempts(connection, ids["lost_thrice"], states.A_STALLED, states.A_STALLED, states.A_STALLED)
+        ended_attempts(connection, ids["failed_after_losses"], states.A_STALLED, states.A_STALLED, states.A_FAILED)
+        ended_attempts(connection, done, states.A_FAILED)
+        assert task_store.retry_or_fail(connection, ids["first"], "exit status 1", NOW, policy) is True
+        assert task_store.retry_or_fail(connection, ids["last"], "exit status 1", NOW, policy) is False
+        assert task_store.retry_or_fail(connection, ids["lost_twice"], "lease expired", NOW, policy, lost=True) is True
+        assert task_store.retry_or_fail(connection, ids["lost_thrice"], "lease expired", NOW, policy, lost=True) is False
+        assert task_store.retry_or_fail(connection, ids["failed_after_losses"], "exit 1", NOW, policy) is True
         task_store.retry_or_fail(connection, done, "exit status 1", NOW, policy)  # a done task is never re-queued
-        rows = {row.id: row for row in connection.execute(sa.select(tasks).where(tasks.c.id.in_([first, last, done])))}
-    assert rows[first].state == states.READY and rows[first].not_before == NOW + 5.0
-    assert rows[last].state == states.FAILED and "attempt 2 of 2" in rows[last].error_text
+        rows = {row.id: row for row in connection.execute(sa.select(tasks).where(tasks.c.id.in_([*ids.values(), done])))}
+    first, last = rows[ids["first"]], rows[ids["last"]]
+    assert first.state == states.READY and first.not_before == NOW + 5.0
+    assert last.state == states.FAILED and "attempt 2 of 2" in last.error_text
+    assert rows[ids["lost_twice"]].state == states.READY  # two lost attempts never count against max_attempts
+    thrice = rows[ids["lost_thrice"]]
+    assert thrice.state == states.FAILED and thrice.error_text.startswith("the worker running it was lost 3 times")
+    assert rows[ids["failed_after_losses"]].state == states.READY  # its first own failure of two
     assert rows[done].state == states.DONE
 
 

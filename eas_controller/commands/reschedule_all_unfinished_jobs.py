@@ -38,7 +38,9 @@ def reschedule(args) -> int:
     queue = make_queue(settings, engine)
     try:
         report = recovery.reschedule_unfinished(engine, queue, selection, settings.max_attempts, args.dry_run,
-                                                schedule=not args.no_schedule)
+                                                schedule=not args.no_schedule,
+                                                max_lost_attempts=settings.max_lost_attempts,
+                                                lease_seconds=settings.lease_seconds, say=print)
     finally:
         queue.close()
     prefix = "dry run: would have " if args.dry_run else ""

@@ -74,7 +74,8 @@ def run_local(args) -> int:
             ))
     print("started %d workers (logs in %s)" % (args.workers, log_dir))
     scheduler = Scheduler(engine, make_queue(settings, engine), settings.max_attempts,
-                          retry_backoff_s=settings.retry_backoff_s)
+                          retry_backoff_s=settings.retry_backoff_s, max_lost_attempts=settings.max_lost_attempts,
+                          lease_seconds=settings.lease_seconds)
     started = time.time()
     timed_out = False
     try:

@@ -44,6 +44,7 @@ def schedule(args) -> int:
         raise cli.CommandError("--batch-size must be positive")
     engine = cli.connect(settings)
     scheduler = Scheduler(engine, make_queue(settings, engine), settings.max_attempts, batch_size=args.batch_size,
-                          retry_backoff_s=settings.retry_backoff_s)
+                          retry_backoff_s=settings.retry_backoff_s, max_lost_attempts=settings.max_lost_attempts,
+                          lease_seconds=settings.lease_seconds)
     cli.serve_metrics(args, "scheduler", engine, database_counts=True, lease_seconds=settings.lease_seconds)
     return SchedulerDaemon(engine, scheduler, settings.scheduler_interval, verbose=args.verbose).run(once=args.once)

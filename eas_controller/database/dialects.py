@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from eas_controller.database.engine import IN_LIST_SIZE, chunks
 
@@ -19,6 +21,30 @@ def family(bind: Connection | Engine) -> str:
     """``sqlite``, ``mysql`` (MariaDB too) or ``postgresql``."""
     name = bind.dialect.name
     return "mysql" if name in MYSQL_FAMILY else name
+
+
+class server_epoch(FunctionElement):
+    """The database server's clock, in epoch seconds: leases are set and judged on it, so a worker or a
+    scheduler whose own clock is off does not make a live worker look dead."""
+
+    type = sa.Double()
+    inherit_cache = True
+
+
+@compiles(server_epoch, "sqlite")
+def _sqlite_epoch(_element, _compiler, **_kw):
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(server_epoch, "mysql")
+@compiles(server_epoch, "mariadb")
+def _mysql_epoch(_element, _compiler, **_kw):
+    return "UNIX_TIMESTAMP(NOW(6))"
+
+
+@compiles(server_epoch, "postgresql")
+def _postgresql_epoch(_element, _compiler, **_kw):
+    return "EXTRACT(EPOCH FROM clock_timestamp())"
 
 
 def supports_multi_row_case_update(bind: Connection | Engine) -> bool:

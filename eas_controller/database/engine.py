@@ -129,6 +129,25 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, (sa.exc.OperationalError,)) and "connect" in str(original).lower()
 
 
+_MYSQL_CONNECTION_CODES = {2006, 2013, 2003}
+_POSTGRES_CONNECTION_STATES = {"57P01", "08006", "08001", "08003"}
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error`` means the database could not be reached (as opposed to a deadlock or a lock wait)."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    original = getattr(error, "orig", None)
+    if original is None:
+        return False
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _MYSQL_CONNECTION_CODES
+    if (getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)) in _POSTGRES_CONNECTION_STATES:
+        return True
+    return "connect" in str(original).lower()
+
+
 def run_transaction(
     engine: Engine,
     body: Callable[[Connection], T],

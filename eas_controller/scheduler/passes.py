@@ -17,7 +17,7 @@ import time
 from sqlalchemy.engine import Connection, Engine
 
 from eas_controller.chains import DO_WHILE, ChainError, evaluate_late_fields, expand_control_task
-from eas_controller.database.engine import is_retryable, run_transaction
+from eas_controller.database.engine import is_connection_error, is_retryable, run_transaction
 from eas_controller.queues.base import Queue
 from eas_controller.registry import load_registry
 from eas_controller.retries import RetryPolicy
@@ -49,11 +49,15 @@ class Scheduler:
     """Owns nothing but a database engine, a queue and a retry policy; safe to run several at once."""
 
     def __init__(self, engine: Engine, queue: Queue, default_max_attempts: int = 1, batch_size: int = 1000,
-                 retry_backoff_s: float = 5.0):
+                 retry_backoff_s: float = 5.0, max_lost_attempts: int = 3, lease_seconds: float = 0.0):
+        """``lease_seconds``: how long the database must have been reachable before expired leases are
+        stalled (the daemon passes the lease length: after an outage live workers renew first)."""
         self.engine = engine
         self.queue = queue
-        self.policy = RetryPolicy(default_max_attempts, retry_backoff_s)
+        self.policy = RetryPolicy(default_max_attempts, retry_backoff_s, max_lost_attempts)
         self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.reachable_since: float | None = None  # since when every transaction of this scheduler went through
         self._registry = None
 
     def registry(self, connection: Connection):
@@ -64,15 +68,42 @@ class Scheduler:
     # -- one pass ------------------------------------------------------------------------------------
     def run_pass(self) -> PassResult:
         result = PassResult()
-        self.recover_stalled(result)
+        if self.leases_can_be_judged():
+            self.recover_stalled(result)
         while True:
             before = result.promoted + result.expanded + result.finished_control + result.failed
-            run_transaction(self.engine, lambda connection: self.promote_batch(connection, result))
+            self.transaction(lambda connection: self.promote_batch(connection, result))
             self.queue.flush()
             if result.promoted + result.expanded + result.finished_control + result.failed - before < self.batch_size:
                 break
         result.republished = self.queue.repair()
         return result
+
+    def transaction(self, body):
+        """``run_transaction``, noting when the database was out of reach (see :meth:`leases_can_be_judged`)."""
+        try:
+            value = run_transaction(self.engine, body, on_retry=self._database_retry)
+        except Exception as error:
+            if is_connection_error(error):
+                self.reachable_since = None
+            raise
+        if self.reachable_since is None:
+            self.reachable_since = time.time()
+        return value
+
+    def _database_retry(self, error: BaseException, delay: float) -> None:
+        if is_connection_error(error):
+            self.reachable_since = None  # an outage, not a passing deadlock: leases wait for workers to renew
+        _log_database_retry(error, delay)
+
+    def leases_can_be_judged(self) -> bool:
+        """An expired lease means a lost worker only on time the database was reachable: after this scheduler
+        starts or regains the database, it waits a full lease period, so that live workers renew first."""
+        if not self.lease_seconds:
+            return True
+        if self.reachable_since is None:
+            self.transaction(lambda connection: None)
+        return time.time() - self.reachable_since >= self.lease_seconds
 
     def promote_batch(self, connection: Connection, result: PassResult) -> None:
         """Lock a batch of ready tasks and queue, expand or finish each one."""
@@ -173,7 +204,7 @@ class Scheduler:
 
         def body(connection: Connection) -> None:
             now = time.time()
-            for row in attempt_store.expired(connection, now, self.batch_size):
+            for row in attempt_store.expired(connection, self.batch_size):
                 reason = "lease expired at %s: worker %s (host %s, pid %s) stopped renewing it" % (
                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.lease_expires_at)), row.worker_name,
                     row.host, row.pid)
@@ -181,12 +212,12 @@ class Scheduler:
                 logs.write_note(connection, row.id, row.task_id, "WARNING", "attempt %d stalled: %s" % (row.number, reason))
                 result.stalled += 1
                 log.warning("attempt %d (task %d) stalled: %s", row.id, row.task_id, reason)
-                if task_store.retry_or_fail(connection, row.task_id, reason, now, self.policy, attempt_id=row.id):
+                if task_store.retry_or_fail(connection, row.task_id, reason, now, self.policy, attempt_id=row.id, lost=True):
                     result.retried += 1
                 else:
                     result.failed += 1
 
-        run_transaction(self.engine, body, on_retry=_log_database_retry)
+        self.transaction(body)
 
 
 def requested_metadata_in_scope(connection: Connection, task_id: int) -> dict[str, dict]:

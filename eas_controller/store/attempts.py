@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
-from eas_controller.database.dialects import insert_rows_returning_ids, supports_multi_row_case_update
+from eas_controller.database.dialects import insert_rows_returning_ids, server_epoch, supports_multi_row_case_update
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import attempts, task_dependencies, tasks
 from eas_controller.store import metadata as metadata_store
@@ -60,7 +60,7 @@ def start(connection: Connection, attempt_ids: list[int], worker: dict, lease_se
         return []
     now = time.time()
     connection.execute(_START, dict(
-        ids=attempt_ids, now=now, lease=now + lease_seconds, b_worker_id=worker["id"], b_worker_name=worker["name"],
+        ids=attempt_ids, now=now, lease=lease_seconds, b_worker_id=worker["id"], b_worker_name=worker["name"],
         b_host=worker["host"], b_pid=worker["pid"]))
     rows = connection.execute(_STARTED, dict(ids=attempt_ids, worker_id=worker["id"], now=now)).all()
     if rows:
@@ -82,7 +82,7 @@ def start(connection: Connection, attempt_ids: list[int], worker: dict, lease_se
 _START = (
     attempts.update()
     .where(attempts.c.id.in_(sa.bindparam("ids", expanding=True)), attempts.c.state.in_(START_FROM))
-    .values(state=states.A_RUNNING, started_at=sa.bindparam("now"), lease_expires_at=sa.bindparam("lease"),
+    .values(state=states.A_RUNNING, started_at=sa.bindparam("now"), lease_expires_at=server_epoch() + sa.bindparam("lease"),
             worker_id=sa.bindparam("b_worker_id"), worker_name=sa.bindparam("b_worker_name"), host=sa.bindparam("b_host"),
             pid=sa.bindparam("b_pid"))
 )
@@ -108,19 +108,21 @@ def lock_owned(connection: Connection, attempt_ids: list[int], owner: int) -> di
     return current_states(connection, attempts, attempt_ids, owner=owner)
 
 
-def renew_leases(connection: Connection, attempt_ids: list[int], owner: int, expires_at: float,
+def renew_leases(connection: Connection, attempt_ids: list[int], owner: int, lease_seconds: float,
                  current: dict[int, str] | None = None) -> Moved:
-    """Extend the leases of the running attempts ``owner`` still holds; the others are reported."""
-    return guarded_update(connection, attempts, attempt_ids, RENEW_FROM, dict(lease_expires_at=expires_at),
-                          current=current, owner=owner)
+    """Extend the leases of the running attempts ``owner`` still holds to ``lease_seconds`` from now on the
+    database server's clock; the others are reported."""
+    return guarded_update(connection, attempts, attempt_ids, RENEW_FROM,
+                          dict(lease_expires_at=server_epoch() + lease_seconds), current=current, owner=owner)
 
 
-def expired(connection: Connection, now: float, limit: int) -> list:
-    """Running attempts whose lease expired before ``now``, oldest first, locked ``SKIP LOCKED``."""
+def expired(connection: Connection, limit: int) -> list:
+    """Running attempts whose lease expired (on the database server's clock), oldest first, locked ``SKIP
+    LOCKED``."""
     return connection.execute(
         sa.select(attempts.c.id, attempts.c.task_id, attempts.c.number, attempts.c.worker_name, attempts.c.host,
                   attempts.c.pid, attempts.c.lease_expires_at, attempts.c.state)
-        .where(attempts.c.state == states.A_RUNNING, attempts.c.lease_expires_at < now)
+        .where(attempts.c.state == states.A_RUNNING, attempts.c.lease_expires_at < server_epoch())
         .order_by(attempts.c.lease_expires_at).limit(limit).with_for_update(skip_locked=True)
     ).all()
 
@@ -270,6 +272,12 @@ def queued_entries(connection: Connection, carriers: list[str], condition=None, 
         query = query.limit(limit)
     return [dict(attempt_id=row.id, task_id=row.task_id, task_type=row.task_type, priority=row.priority)
             for row in connection.execute(query)]
+
+
+def count_expired(connection: Connection) -> int:
+    """Running attempts whose lease has expired, on the database server's clock."""
+    return connection.execute(sa.select(sa.func.count()).select_from(attempts).where(
+        attempts.c.state == states.A_RUNNING, attempts.c.lease_expires_at < server_epoch())).scalar()
 
 
 def count_queued(connection: Connection) -> int:

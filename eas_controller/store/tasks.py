@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from eas_controller import states
 from eas_controller.database.engine import chunks
-from eas_controller.database.schema import control_progress, tasks
+from eas_controller.database.schema import attempts, control_progress, tasks
 from eas_controller.retries import RetryPolicy
 from eas_controller.store import logs
 from eas_controller.store.moves import Moved, guarded_update
@@ -99,22 +99,32 @@ def schedule_retry(connection: Connection, task_id: int, not_before: float, reas
 
 
 def retry_or_fail(connection: Connection, task_id: int, reason: str, now: float, policy: RetryPolicy,
-                  attempt_id: int | None = None) -> bool:
-    """Carry out the policy's decision for a task whose attempt did not succeed: a retry after the backoff
-    while it has attempts left, else ``failed`` with the reason and the count. With ``attempt_id`` the
-    decision is also written to that attempt's log. Returns whether it will be retried."""
-    task = connection.execute(sa.select(tasks.c.attempt_count, tasks.c.max_attempts).where(tasks.c.id == task_id)).one()
-    decision = policy.decide(task.attempt_count, task.max_attempts)
+                  attempt_id: int | None = None, lost: bool = False) -> bool:
+    """Carry out the policy's decision for a task whose attempt failed (or, ``lost``, whose worker was lost):
+    a retry after the backoff while it has attempts of that kind left, else ``failed`` with the reason and
+    the count. With ``attempt_id`` the decision is also written to that attempt's log. Returns whether it
+    will be retried."""
+    max_attempts = connection.execute(sa.select(tasks.c.max_attempts).where(tasks.c.id == task_id)).scalar()
+    ended = dict(connection.execute(sa.select(attempts.c.state, sa.func.count()).where(
+        attempts.c.task_id == task_id, attempts.c.state.in_([states.A_FAILED, states.A_STALLED]))
+        .group_by(attempts.c.state)).all())
+    decision = policy.decide(ended.get(states.A_FAILED, 0), ended.get(states.A_STALLED, 0), max_attempts, lost)
+    kind = "lost attempts" if lost else "attempts"
     if decision.retry:
         schedule_retry(connection, task_id, now + decision.delay_s, reason, now)
         if attempt_id is not None:
             logs.write_note(connection, attempt_id, task_id, "INFO", "the task will be retried in %.3g s (%d of %d "
-                            "attempts used)" % (decision.delay_s, decision.used, decision.limit))
+                            "%s used)" % (decision.delay_s, decision.used, decision.limit, kind))
         return True
-    finish_failed(connection, [task_id], "%s (attempt %d of %d)" % (reason, decision.used, decision.limit), now)
+    if lost:
+        final = "the worker running it was lost %d times (max_lost_attempts %d); the last time: %s" % (
+            decision.used, decision.limit, reason)
+    else:
+        final = "%s (attempt %d of %d)" % (reason, decision.used, decision.limit)
+    finish_failed(connection, [task_id], final, now)
     if attempt_id is not None:
-        logs.write_note(connection, attempt_id, task_id, "ERROR", "no attempts left (%d of %d used): the task failed"
-                        % (decision.used, decision.limit))
+        logs.write_note(connection, attempt_id, task_id, "ERROR", "no %s left (%d of %d used): the task failed"
+                        % (kind, decision.used, decision.limit))
     return False
 
 

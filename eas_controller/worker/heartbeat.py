@@ -25,19 +25,24 @@ class HeartbeatMixin:
     """The :class:`~eas_controller.worker.service.Worker`'s heartbeat thread."""
 
     def _heartbeat(self) -> None:
+        """Beat every third of the lease; while the database is out of reach, try every second, so that the
+        leases are renewed as soon as it is back (the scheduler waits a lease period after an outage)."""
         interval = max(0.05, self.lease_seconds / 3)
-        failing_since = None
-        while not self.heartbeat_stop.wait(interval):
+        failing_since, wait = None, interval
+        while not self.heartbeat_stop.wait(wait):
             try:
                 self.beat()
                 if failing_since is not None:
-                    log.info("heartbeat: database reachable again after %.0f s", time.time() - failing_since)
+                    log.info("heartbeat: database reachable again after %.0f s; leases renewed",
+                             time.time() - failing_since)
                     failing_since = None
-            except Exception as error:  # the next beat retries; the lease has two more chances
+                wait = interval
+            except Exception as error:
                 if failing_since is None:
                     failing_since = time.time()
-                log.warning("heartbeat failed (%s); leases are renewed at the next beat, in %.1f s",
-                            first_line(str(error))[:200], interval)
+                    log.warning("heartbeat failed (%s); trying again every %.1f s until the database answers",
+                                first_line(str(error))[:200], min(interval, 1.0))
+                wait = min(interval, 1.0)
 
     def beat(self) -> None:
         """Renew the leases of the attempts this worker still owns, write their new log lines, update the
@@ -63,7 +68,7 @@ class HeartbeatMixin:
                     ours = state in states.ATTEMPT_STATES  # else "<state>, held by worker N"
                     if state != states.A_RUNNING and not (ours and by_id[attempt_id].recording):
                         lost[attempt_id] = state.split(",")[0]  # recording: the completion is ending it
-                renewed = attempt_store.renew_leases(connection, list(by_id), me, now + self.lease_seconds, current=found)
+                renewed = attempt_store.renew_leases(connection, list(by_id), me, self.lease_seconds, current=found)
                 for attempt_id in renewed.moved:
                     log_store.write_lines(connection, attempt_id, by_id[attempt_id].claim["task_id"],
                                           pending.get(attempt_id, []))

@@ -95,7 +95,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         self.completions: queue_module.Queue = queue_module.Queue()  # finished, waiting to be recorded
         self.trash: queue_module.Queue = queue_module.Queue()  # scratch folders to remove, off the busy threads
         self.lease_seconds = settings.lease_seconds
-        self.policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_s)
+        self.policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_s, settings.max_lost_attempts)
         self.kill_running = threading.Event()  # stop running attempts (after the grace period)
         self.work: queue_module.Queue = queue_module.Queue()
         self.running: dict[int, RunningAttempt] = {}
