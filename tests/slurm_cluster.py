@@ -23,8 +23,14 @@ DAEMONS = ("munged", "mungekey", "slurmdbd", "slurmctld", "slurmd", "sbatch", "s
 CLUSTER_NAME = "eastest"
 
 
+MYSQL_PLUGIN = "/usr/lib/x86_64-linux-gnu/slurm-wlm/accounting_storage_mysql.so"
+
+
 def missing_programs() -> list[str]:
-    return [name for name in DAEMONS if shutil.which(name) is None and not os.path.exists("/usr/sbin/" + name)]
+    missing = [name for name in DAEMONS if shutil.which(name) is None and not os.path.exists("/usr/sbin/" + name)]
+    if not os.path.exists(MYSQL_PLUGIN):
+        missing.append("slurm-wlm-mysql-plugin (%s)" % MYSQL_PLUGIN)
+    return missing
 
 
 def _program(name: str) -> str:
