@@ -152,3 +152,19 @@ def test_the_liveness_check_reads_the_workers_heartbeat(cluster_factory):  # noq
     result = alive("pod-a")
     assert result.returncode == 1 and "has stopped" in result.stdout
 
+
+
+def test_keda_scales_each_worker_from_the_queued_attempts_of_its_task_types(tmp_path, eas_sqlite):
+    registry = tmp_path / "types.yaml"
+    registry.write_text(REGISTRY)
+    result = eas_sqlite.script("worker_orchestration/deploy.py", "--dry-run", "--task-types", str(registry), "--keda",
+                               "--worker", "eas_worker_bls")
+    documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    scaled = [doc for doc in documents if doc["kind"] == "ScaledObject"]
+    assert [doc["spec"]["scaleTargetRef"]["name"] for doc in scaled] == ["eas-worker-bls"]
+    trigger = scaled[0]["spec"]["triggers"][0]
+    assert trigger["type"] == "mysql" and "a.state = 'queued'" in trigger["metadata"]["query"]
+    assert "IN ('bls_verify', 'transit_search_bls')" in trigger["metadata"]["query"]
+    worker = workers(documents)["eas-worker-bls"]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in worker["env"]}
+    assert env[trigger["metadata"]["connectionStringFromEnv"]]["valueFrom"]["secretKeyRef"]["name"] == "eas-credentials"

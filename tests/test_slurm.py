@@ -93,14 +93,17 @@ def test_a_pipeline_runs_on_a_slurm_job_array_and_sacct_shows_it_completed(slurm
 def test_a_worker_cut_off_by_its_time_limit_releases_its_task_and_another_worker_finishes_it(
         slurm, cluster_factory):  # noqa: F811
     cluster = cluster_factory("mysql")
-    cluster.submit([{"task": "sleep", "name": "long", "seconds": 70}], job_name="timelimit")
+    # Slurm sends the --signal warning up to 60 s before the time asked for (its timers run every 30 s), so
+    # with a 2-minute limit and a 30 s margin SIGTERM comes 30-60 s after the start: after the worker
+    # claimed the task, well before the task (100 s) could end, and before the limit.
+    cluster.submit([{"task": "sleep", "name": "long", "seconds": 100}], job_name="timelimit")
     cluster.scheduler()
-    first = slurm_workers(slurm, cluster.environment, "--count", "1", "--time", "1", "--margin", "40",
+    first = slurm_workers(slurm, cluster.environment, "--count", "1", "--time", "2", "--margin", "30",
                           "--grace-period", "5", "--memory-gb", "0.5")
     (first_id,) = submitted_ids(first)
     wait_for(lambda: [row for row in cluster.attempts_of("long") if row.state == "running"], 120,
              "the first Slurm worker to start the long task", interval=1)
-    wait_for(lambda: [row for row in cluster.attempts_of("long") if row.state == "cancelled"], 150,
+    wait_for(lambda: [row for row in cluster.attempts_of("long") if row.state == "cancelled"], 180,
              "the first worker to release the task before its time limit", interval=1)
     assert wait_for(lambda: all_final(slurm, first_id, 1), 120, "the first job to end", interval=2) == {
         "%s_0" % first_id: "COMPLETED"}  # the worker left by itself before Slurm had to kill it
@@ -148,3 +151,27 @@ def test_bad_slurm_arguments_give_one_clear_line(eas_sqlite):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --grace-period") and "Traceback" not in result.stderr
+
+
+def test_the_submit_limit_is_looked_up_with_sacctmgr(slurm, eas_sqlite):
+    slurm.run("sacctmgr", "-i", "modify", "qos", "normal", "set", "MaxSubmitJobsPerUser=3")
+    try:
+        result = slurm_workers(slurm, eas_sqlite, "--count", "5", "--dry-run")
+    finally:
+        slurm.run("sacctmgr", "-i", "modify", "qos", "normal", "set", "MaxSubmitJobsPerUser=-1")
+    assert "MaxSubmitJobsPerUser = 3 (sacctmgr, QOS normal)" in result.stderr
+    assert re.findall(r"^#SBATCH --array=(\S+)$", result.stdout, re.M) == ["0-2"]
+    assert "submitting 3 of 5 workers" in result.stderr
+
+
+def test_without_an_accounting_database_the_lookup_says_so_and_falls_back(slurm, eas_sqlite, tmp_path):
+    conf = tmp_path / "slurm.conf"
+    with open(slurm.conf) as handle:
+        conf.write_text(handle.read().replace("accounting_storage/slurmdbd", "accounting_storage/none"))
+    env = dict(eas_sqlite.env, SLURM_CONF=str(conf))
+    for variable in ("SLURM_MAX_ARRAY_SIZE", "SLURM_MAX_SUBMIT_JOBS", "SLURM_MAX_RUNNING_SIZE"):
+        env.pop(variable, None)
+    result = subprocess.run([SCRIPT, "--count", "2", "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "sacctmgr has no accounting database here" in result.stderr and "no submit limit assumed" in result.stderr
+    assert re.findall(r"^#SBATCH --array=(\S+)$", result.stdout, re.M) == ["0-1"]
