@@ -15,7 +15,8 @@ ERROR_COLUMNS = ["attempt_id", "task_id", "task_type", "task_name", "attempt", "
 
 
 def errors_list(connection: Connection, job_name: str | None = None, task_type: str | None = None,
-                since: float | None = None, verbose: bool = False, limit: int = 1000) -> list[dict]:
+                since: float | None = None, verbose: bool = False, limit: int = 1000,
+                job_id: int | None = None) -> list[dict]:
     """Failed and stalled attempts (at most ``limit``, newest first). The error is its first line unless
     ``verbose``, which gives the whole text (the traceback) and the attempt's stderr and ERROR log lines."""
     query = (sa.select(attempts.c.id, attempts.c.task_id, attempts.c.number, attempts.c.state, attempts.c.worker_name,
@@ -24,7 +25,7 @@ def errors_list(connection: Connection, job_name: str | None = None, task_type: 
              .join(tasks, tasks.c.id == attempts.c.task_id)
              .where(attempts.c.state.in_([states.A_FAILED, states.A_STALLED]))
              .order_by(attempts.c.id.desc()).limit(limit))
-    job_ids = require_job_ids(connection, job_name)
+    job_ids = require_job_ids(connection, job_name, job_id)
     if job_ids is not None:
         query = query.where(tasks.c.job_id.in_(job_ids))
     if task_type is not None:

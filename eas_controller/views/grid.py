@@ -13,11 +13,11 @@ from eas_controller.views.jobs import require_job_ids, task_metadata
 
 
 def pass_fail_grid(connection: Connection, job_name: str | None = None, task_type: str | None = None,
-                   limit: int | None = None) -> tuple[list[dict], list[str]]:
+                   limit: int | None = None, job_id: int | None = None) -> tuple[list[dict], list[str]]:
     """Rows and their columns: task_id, task_type, state, the loop parameters, then the output keys."""
     query = (sa.select(tasks.c.id, tasks.c.task_type, tasks.c.state, tasks.c.metadata)
              .where(tasks.c.is_control.is_(False)).order_by(tasks.c.id))
-    job_ids = require_job_ids(connection, job_name)
+    job_ids = require_job_ids(connection, job_name, job_id)
     if job_ids is not None:
         query = query.where(tasks.c.job_id.in_(job_ids))
     if task_type is not None:

@@ -21,11 +21,11 @@ TIMING_COLUMNS = ["task_type", "count"] + ["%s_%s" % (measure, stat) for measure
 
 
 def timings(connection: Connection, job_name: str | None = None, task_type: str | None = None,
-            by: str | None = None) -> list[dict]:
+            by: str | None = None, job_id: int | None = None) -> list[dict]:
     """One row per task type (per task type and value of metadata ``by``), over succeeded attempts."""
     query = (sa.select(tasks.c.task_type, tasks.c.metadata, attempts.c.wall_s, attempts.c.cpu_s, attempts.c.cpu_children_s)
              .join(tasks, tasks.c.id == attempts.c.task_id).where(attempts.c.state == states.A_SUCCEEDED))
-    job_ids = require_job_ids(connection, job_name)
+    job_ids = require_job_ids(connection, job_name, job_id)
     if job_ids is not None:
         query = query.where(tasks.c.job_id.in_(job_ids))
     if task_type is not None:
