@@ -7,6 +7,7 @@ its type's resource needs against every live worker, retry backoff and holds, an
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 
 import sqlalchemy as sa
@@ -40,7 +41,7 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
     def say(code: str, text: str, **facts) -> None:
         reasons.append(dict(code=code, text=text, **facts))
 
-    waits = _dependencies(connection, task_id)
+    waits = _dependencies(connection, task)
     unmet = [dep for dep in waits if not dep["satisfied"]]
     state = task.state
     if state == states.DONE:
@@ -136,35 +137,55 @@ def _explain_workers(connection: Connection, task, label: str, say, now: float) 
     if not live:
         say("no_live_worker", "No worker is live (none seen in the last 2 minutes): start one with worker.py.")
         return
+    def fits(worker) -> bool:
+        return all(needs[key] <= (worker[column] or 0) + 1e-9 for key, column in RESOURCES)
+
+    need_text = ", ".join("%s=%g" % (key, needs[key]) for key, _c in RESOURCES)
     runners = [w for w in live if task.task_type in w["capabilities"]]
+    # A worker leaves out of its capabilities the types that can never fit it, so "too big" is judged
+    # against every live worker when none lists the type.
+    candidates = runners or live
+    fitting = [w for w in candidates if fits(w)]
+    if not fitting:
+        biggest = ", ".join("%s=%g" % (key, max(w[column] or 0 for w in candidates)) for key, column in RESOURCES)
+        say("too_big", "%s is too big for every live worker%s: it needs %s; the largest offer is %s." % (
+            label, " that runs %s" % task.task_type if runners else "", need_text, biggest), needs=needs)
+        return
     if not runners:
         say("no_worker_for_type", "No live worker runs task type %s (%d live worker(s): %s); start one whose "
             "--task-types include it." % (task.task_type, len(live), ", ".join(sorted(w["name"] for w in live)[:10])),
             task_type=task.task_type)
-        return
-    fitting = [w for w in runners if all(needs[key] <= (w[column] or 0) + 1e-9 for key, column in RESOURCES)]
-    need_text = ", ".join("%s=%g" % (key, needs[key]) for key, _c in RESOURCES)
-    if not fitting:
-        biggest = ", ".join("%s=%g" % (key, max(w[column] or 0 for w in runners)) for key, column in RESOURCES)
-        say("too_big", "%s is too big for every live worker that runs %s: it needs %s; the largest offer is %s." % (
-            label, task.task_type, need_text, biggest), needs=needs)
         return
     free = sum(w["free_slots"] for w in fitting)
     say("workers_fit", "%d live worker(s) run %s and have room for it (needs %s); %d slot(s) free now." % (
         len(fitting), task.task_type, need_text, free), workers=[w["name"] for w in fitting], free_slots=free)
 
 
-def _dependencies(connection: Connection, task_id: int) -> list[dict]:
+def _dependencies(connection: Connection, task) -> list[dict]:
+    """What the task waits for; for a file, the producer's products that the task reads (the dependency
+    row names the producer, the task's ``inputs`` name the files)."""
     producer = tasks.alias("producer")
     rows = connection.execute(
         sa.select(task_dependencies.c.requires_task_id, task_dependencies.c.kind, task_dependencies.c.satisfied,
-                  producer.c.state, producer.c.task_type, producer.c.name, products.c.relative_path)
+                  producer.c.state, producer.c.task_type, producer.c.name)
         .join(producer, producer.c.id == task_dependencies.c.requires_task_id)
-        .outerjoin(products, products.c.id == task_dependencies.c.product_id)
-        .where(task_dependencies.c.task_id == task_id).order_by(task_dependencies.c.id).limit(1000)).all()
-    return [dict(requires_task_id=row.requires_task_id, kind=row.kind, satisfied=bool(row.satisfied),
-                 producer_state=row.state, producer_type=row.task_type, producer_name=row.name,
-                 product=row.relative_path) for row in rows]
+        .where(task_dependencies.c.task_id == task.id).order_by(task_dependencies.c.id).limit(1000)).all()
+    try:
+        inputs = json.loads(task.description).get("inputs") or {}
+    except (ValueError, AttributeError):
+        inputs = {}
+    reads = {posixpath.normpath(posixpath.join(task.working_directory or "", str(name))) for name in inputs.values()}
+    result = []
+    for row in rows:
+        files = None
+        if row.kind == "file":
+            made = connection.execute(sa.select(products.c.relative_path).where(
+                products.c.task_id == row.requires_task_id)).scalars().all()
+            files = sorted(path for path in made if posixpath.normpath(path) in reads) or sorted(made)
+        result.append(dict(requires_task_id=row.requires_task_id, kind=row.kind, satisfied=bool(row.satisfied),
+                           producer_state=row.state, producer_type=row.task_type, producer_name=row.name,
+                           product=", ".join(files) if files else None))
+    return result
 
 
 def _attempts(connection: Connection, task_id: int) -> list[dict]:
