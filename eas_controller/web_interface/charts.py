@@ -67,7 +67,8 @@ def activity_chart(rows: list[dict], now: float, width: int = 1000, lane: int = 
     axis_y = top + lane * len(lanes) + 14
     for tick in range(5):
         x = left + plot * tick / 4
-        out.append('<text x="%.1f" y="%d" text-anchor="middle">+%.3g s</text>' % (x, axis_y, span * tick / 4))
+        anchor = "start" if tick == 0 else "end" if tick == 4 else "middle"
+        out.append('<text x="%.1f" y="%d" text-anchor="%s">+%.3g s</text>' % (x, axis_y, anchor, span * tick / 4))
     out.append('<text x="%d" y="14">%s UTC, %d attempts on %d workers</text>' % (
         left, escape(when(start)), len(rows), len(lanes)))
     out.append("</svg>")
