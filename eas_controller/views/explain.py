@@ -35,7 +35,8 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
         raise UnknownTask("no task with id %d" % task_id)
     label = "task %d (%s%s)" % (task.id, task.task_type, " %r" % task.name if task.name else "")
     tries = _attempts(connection, task_id)
-    limit = task.max_attempts or default_max_attempts
+    # the limit in force now; a task that used more attempts ran under a higher one (the setting changed)
+    limit = max(task.max_attempts or default_max_attempts, task.attempt_count if task.state == states.FAILED else 0)
     reasons: list[dict] = []
 
     def say(code: str, text: str, **facts) -> None:

@@ -4,7 +4,7 @@ Two shapes. :func:`job_tree` reads a whole job (the scripts' ``display_job_tree.
 and state, and adds subtree counts computed in one pass. :func:`tree_page` is for the web console at 10^5-10^6
 tasks: it reads one node's children a page at a time through ``ix_eas_tasks_parent``, takes the root's
 counts from ``ix_eas_tasks_job`` and descends only into the control tasks it shows; subtree counts of
-finished nodes never change, so they are kept in a small in-process cache.
+finished nodes never change, so they are kept in a small in-process cache (unfinished ones for 5 s).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import threading
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -119,26 +120,38 @@ _NODE_COLUMNS = (tasks.c.id, tasks.c.parent_id, tasks.c.job_id, tasks.c.name, ta
 
 
 class _CountsCache:
-    """Subtree counts of finished control tasks (they cannot change until a rerun, which a reader may
-    see late by at most the cache's life: entries are dropped after ``max_entries`` newer ones)."""
+    """Subtree counts already computed: those of finished control tasks are kept (they cannot change until a
+    rerun), those of unfinished ones for ``fresh_s`` seconds, so a page refreshed or opened by several
+    people does not count a large loop again each time. At most ``max_entries`` are kept."""
 
-    def __init__(self, max_entries: int = 5000) -> None:
-        self.entries: collections.OrderedDict[int, dict] = collections.OrderedDict()
+    def __init__(self, max_entries: int = 5000, fresh_s: float = 5.0) -> None:
+        self.entries: collections.OrderedDict[int, tuple[float | None, dict]] = collections.OrderedDict()
         self.max_entries = max_entries
+        self.fresh_s = fresh_s
         self.lock = threading.Lock()
 
     def get(self, task_id: int) -> dict | None:
         with self.lock:
-            return self.entries.get(task_id)
+            entry = self.entries.get(task_id)
+            if entry is None or (entry[0] is not None and entry[0] < time.monotonic()):
+                return None
+            return entry[1]
 
-    def put(self, task_id: int, counts: dict) -> None:
+    def put(self, task_id: int, counts: dict, final: bool) -> None:
         with self.lock:
-            self.entries[task_id] = counts
+            self.entries[task_id] = (None if final else time.monotonic() + self.fresh_s, counts)
+            self.entries.move_to_end(task_id)
             while len(self.entries) > self.max_entries:
                 self.entries.popitem(last=False)
 
 
 _cache = _CountsCache()
+
+
+def clear_counts_cache() -> None:
+    """Forget the cached subtree counts (benchmarks measure the first view of a tree)."""
+    with _cache.lock:
+        _cache.entries.clear()
 
 
 def job_roots(connection: Connection, job_id: int) -> list:
@@ -162,16 +175,18 @@ def subtree_counts(connection: Connection, node, root_of_job: bool = False) -> d
     while level:
         following = []
         for chunk in chunks(level):
+            control_children = 0
             for state, is_control, count in connection.execute(
                     sa.select(tasks.c.state, tasks.c.is_control, sa.func.count()).where(tasks.c.parent_id.in_(chunk))
                     .group_by(tasks.c.state, tasks.c.is_control)):
                 counts[state] = counts.get(state, 0) + count
-            following.extend(connection.execute(sa.select(tasks.c.id).where(
-                tasks.c.parent_id.in_(chunk), tasks.c.is_control.is_(True))).scalars())
+                control_children += count if is_control else 0
+            if control_children:  # descend only where there are control tasks (a loop of plain tasks: no)
+                following.extend(connection.execute(sa.select(tasks.c.id).where(
+                    tasks.c.parent_id.in_(chunk), tasks.c.is_control.is_(True))).scalars())
         level = following
-    if node.state in states.TASK_FINAL_STATES:
-        _cache.put(node.id, counts)
-    return counts
+    _cache.put(node.id, counts, final=node.state in states.TASK_FINAL_STATES)
+    return dict(counts)
 
 
 def node_row(connection: Connection, node, root_of_job: bool = False) -> dict:
