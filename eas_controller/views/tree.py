@@ -155,9 +155,13 @@ def clear_counts_cache() -> None:
 
 
 def job_roots(connection: Connection, job_id: int) -> list:
-    """The job's top tasks (parent_id IS NULL), found through the parent index."""
-    return connection.execute(sa.select(*_NODE_COLUMNS).where(tasks.c.parent_id.is_(None), tasks.c.job_id == job_id)
-                              .order_by(tasks.c.id)).all()
+    """The job's top tasks. Asked as ``parent_id IS NULL`` alone, so that the parent index answers (one top
+    task per job) rather than a scan of the job's tasks; the job is picked out of those few rows."""
+    ids = [row.id for row in connection.execute(sa.select(tasks.c.id, tasks.c.job_id).where(tasks.c.parent_id.is_(None)))
+           if row.job_id == job_id]
+    if not ids:
+        return []
+    return connection.execute(sa.select(*_NODE_COLUMNS).where(tasks.c.id.in_(sorted(ids)[:100])).order_by(tasks.c.id)).all()
 
 
 def subtree_counts(connection: Connection, node, root_of_job: bool = False) -> dict[str, int]:
@@ -209,6 +213,7 @@ def tree_page(connection: Connection, job_id: int, node_id: int | None = None, d
               after_id: int = 0, limit: int = 100) -> dict:
     """What the console's tree page shows: the chosen node (default: the job's root), its ancestors for a
     breadcrumb trail, and ``depth`` levels below it, each level a page of at most ``limit`` children."""
+    roots = None
     if node_id is None:
         roots = job_roots(connection, job_id)
         if not roots:
@@ -239,7 +244,7 @@ def tree_page(connection: Connection, job_id: int, node_id: int | None = None, d
             result.append(entry)
         return result, more
 
-    only_root = node.parent_id is None and len(job_roots(connection, job_id)) == 1
+    only_root = node.parent_id is None and len(roots if roots is not None else job_roots(connection, job_id)) == 1
     top = node_row(connection, node, root_of_job=only_root)
     top["children"], top["more_after"] = level(node, max(1, depth), after_id)
     return dict(node=top, ancestors=ancestors)
