@@ -128,6 +128,8 @@ def test_every_page_loads_without_errors_and_shows_the_counts(console):
     assert page.locator("#explanation li.reason-done").count() == 1
     assert page.locator("#attempts tbody tr").count() == 1
     assert "wrote 18 characters" in page.locator("#log").inner_text()
+    assert '"text": "hello <b>world</b>"' in page.locator("pre.json").first.inner_text()  # shown as text
+    assert page.locator("pre.json b").count() == 0
     with page.expect_download() as download:
         page.locator("#products a").click()
     with open(download.value.path()) as handle:

@@ -32,6 +32,14 @@ def _when(value):
     return when(value) or ""
 
 
+@pages.app_template_filter("pretty")
+def _pretty(value):
+    """JSON for people (Jinja escapes it for HTML afterwards, unlike ``tojson`` which is made for scripts)."""
+    import json
+
+    return json.dumps(value, indent=1, default=str, ensure_ascii=False)
+
+
 @pages.app_context_processor
 def _helpers():
     return dict(state_bar=charts.state_bar, task_states=states.TASK_STATES, colours=charts.STATE_COLOURS)
