@@ -2,7 +2,6 @@
 user asks about, each explained with the right reason."""
 
 import json
-import time
 
 import pytest
 
@@ -73,6 +72,6 @@ def test_explain_task_in_every_situation(cluster_factory, backend):  # noqa: F81
 
     text = cluster.environment.script("diagnostics/explain_task.py", str(cluster.task("consumer").id)).stdout
     assert "which failed: it will not run unless that task is rescheduled" in text
-    root = explain_root = json.loads(cluster.environment.script(
+    root = json.loads(cluster.environment.script(
         "diagnostics/explain_task.py", str(cluster.task("producer").parent_id), "--format", "json").stdout)
-    assert explain_root["is_control"] and "waiting_children" in root["codes"]
+    assert root["is_control"] and "waiting_children" in root["codes"]
