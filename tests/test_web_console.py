@@ -214,3 +214,33 @@ def test_run_report_opens_offline(console):
     assert colour == "rgb(38, 50, 56)"  # the inline style sheet applied
     page.screenshot(path=str(console["screens"] / "report.png"), full_page=True)
     context.close()
+
+
+def test_console_listens_on_loopback_unless_public(tmp_path):
+    import subprocess
+    import urllib.request
+
+    from conftest import PROJECT_ROOT
+
+    environment = make_environment("sqlite", tmp_path)
+    private = Console(environment)
+    try:
+        assert private.url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(private.url + "/") as response:
+            assert response.status == 200 and b"No job has been submitted yet." in response.read()
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    finally:
+        private.close()
+    public = Console(environment, "--public")
+    try:
+        assert public.url.startswith("http://0.0.0.0:")
+        port = public.url.rsplit(":", 1)[1]
+        with urllib.request.urlopen("http://127.0.0.1:%s/workers" % port) as response:
+            assert response.status == 200
+    finally:
+        public.close()
+    script = os.path.join(PROJECT_ROOT, "eas_controller", "web_interface", "web_interface.py")
+    both = subprocess.run([script, "--public", "--private"], env=environment.env, capture_output=True, text=True,
+                          timeout=60)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    environment.engine.dispose()
