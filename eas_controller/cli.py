@@ -98,6 +98,28 @@ def serve_metrics(args: argparse.Namespace, role: str, engine, database_counts: 
                                                                    error.strerror or error)) from None
 
 
+def read_view(args: argparse.Namespace, body: Callable):
+    """Run ``body(connection, settings)`` in one read-only transaction on the configured database; a job or
+    task that does not exist becomes a :class:`CommandError`."""
+    from eas_controller.database.engine import read_transaction
+    from eas_controller.views import NotFound
+
+    settings = settings_from(args)
+    engine = connect(settings)
+    try:
+        with read_transaction(engine) as connection:
+            return body(connection, settings)
+    except NotFound as error:
+        raise CommandError(str(error)) from None
+    finally:
+        engine.dispose()
+
+
+def add_format_argument(parser: argparse.ArgumentParser, default: str = "table") -> None:
+    parser.add_argument("--format", choices=("table", "json", "csv"), default=default,
+                        help="output format (default: %s)" % default)
+
+
 def open_selection(args: argparse.Namespace):
     """For the recovery commands: settings, engine and the checked task selection (--job-name, --task-type...)."""
     from eas_controller import recovery

@@ -28,9 +28,10 @@ def main(argv: list[str]) -> int:
 
 
 def display(args) -> int:
-    from eas_controller import recovery, reports
+    from eas_controller import recovery
     from eas_controller.queues import make_queue
     from eas_controller.queues.amqp import BrokerError
+    from eas_controller.views.output import emit
 
     settings = cli.settings_from(args)
     engine = cli.connect(settings)
@@ -46,6 +47,6 @@ def display(args) -> int:
         raise cli.CommandError(str(error)) from None
     finally:
         queue.close()
-    print(reports.emit(rows, args.format, ["task_type", "queue", "queued", "running", "oldest_queued_s", "in_queue",
+    print(emit(rows, args.format, ["task_type", "queue", "queued", "running", "oldest_queued_s", "in_queue",
                                            "consumers"]))
     return 0

@@ -35,7 +35,9 @@ def run_local(args) -> int:
     import sys
     import time
 
-    from eas_controller import reports, states
+    from eas_controller import states
+    from eas_controller.views import jobs as job_views
+    from eas_controller.views.output import emit
     from eas_controller.chains import read_chain_file
     from eas_controller.database.engine import read_transaction, write_transaction
     from eas_controller.database.manage import create_schema, schema_version
@@ -82,7 +84,7 @@ def run_local(args) -> int:
         while True:
             result = scheduler.run_pass()
             with read_transaction(engine) as connection:
-                if reports.job_is_finished(connection, job_id):
+                if job_views.job_is_finished(connection, job_id):
                     break
             if args.timeout and time.time() - started > args.timeout:
                 timed_out = True
@@ -103,9 +105,9 @@ def run_local(args) -> int:
                 process.kill()
     elapsed = time.time() - started
     with read_transaction(engine) as connection:
-        summary = reports.job_summary(connection, job_id)
-        counts = reports.job_state_counts(connection, job_id)
-    print(reports.emit(summary, args.format))
+        summary = job_views.job_summary(connection, job_id)
+        counts = job_views.job_state_counts(connection, job_id)
+    print(emit(summary, args.format))
     succeeded = set(counts) <= {states.DONE}
     print("job %d %s in %.1f s: %s" % (
         job_id, "succeeded" if succeeded else ("timed out" if timed_out else "did not succeed"), elapsed,

@@ -35,7 +35,7 @@ def submit(args) -> int:
     engine = cli.connect(settings)
     if args.dry_run:
         from eas_controller.chains import expand_chain
-        from eas_controller.reports import render_plan
+        from eas_controller.views.plan import render_plan
         from eas_controller.submission import check_inputs
 
         with read_transaction(engine) as connection:
