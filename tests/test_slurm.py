@@ -7,6 +7,7 @@ nothing failed. The limits and the batch script are checked with ``--dry-run`` a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -88,6 +89,10 @@ def test_a_pipeline_runs_on_a_slurm_job_array_and_sacct_shows_it_completed(slurm
     ran_on = {row.name for row in cluster.rows(
         "SELECT DISTINCT w.name FROM eas_attempts a JOIN eas_workers w ON w.id = a.worker_id")}
     assert ran_on and ran_on <= names
+    # each worker recorded the Slurm job and array ids it runs in (shown by worker_list.py)
+    labels = [json.loads(row.labels) for row in cluster.rows("SELECT labels FROM eas_workers")]
+    assert labels and all(label["slurm_array_job_id"] == str(job_id) for label in labels)
+    assert {label["slurm_array_task_id"] for label in labels} <= {"0", "1"}
 
 
 def test_a_worker_cut_off_by_its_time_limit_releases_its_task_and_another_worker_finishes_it(

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
-from eas_controller.database.schema import attempts, workers
 from eas_controller.capacity import LIVE_WINDOW_S
+from eas_controller.database.schema import attempts, workers
 
 WORKER_COLUMNS = ["worker_id", "name", "host", "pid", "live", "state", "capabilities", "cpus", "gpus", "memory_gb",
-                  "concurrency", "free_slots", "current_attempts", "last_seen", "last_seen_s_ago"]
+                  "concurrency", "free_slots", "current_attempts", "last_seen", "last_seen_s_ago", "labels"]
 
 
 def is_live(row, now: float) -> bool:
@@ -42,7 +42,8 @@ def worker_list(connection: Connection, live_only: bool = False, limit: int = 50
                  capabilities=json.loads(row.capabilities), cpus=row.cpus, gpus=row.gpus, memory_gb=row.memory_gb,
                  concurrency=row.concurrency, free_slots=row.free_slots,
                  current_attempts=sorted(running.get(row.id, [])), last_seen=row.last_seen,
-                 last_seen_s_ago=round(now - row.last_seen, 1)) for row in rows]
+                 last_seen_s_ago=round(now - row.last_seen, 1), labels=json.loads(row.labels) if row.labels else {})
+            for row in rows]
 
 
 def live_workers(connection: Connection, now: float | None = None) -> list[dict]:
