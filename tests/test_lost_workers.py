@@ -8,7 +8,7 @@ clock is far off is judged on the database server's clock.
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
 import time
@@ -113,8 +113,9 @@ def test_a_database_outage_of_two_leases_reruns_nothing_and_a_killed_worker_is_s
 
 def test_a_worker_whose_clock_is_ten_minutes_behind_is_not_taken_for_dead(cluster_factory, tmp_path):
     """Leases are set and judged on the database server's clock, not the worker's nor the scheduler's."""
-    if not shutil.which("faketime"):
-        unavailable("faketime (Debian package faketime) is not installed")
+    library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    if not os.path.exists(library):
+        unavailable("libfaketime (Debian package faketime) is not installed")
     cluster = cluster_factory("mysql", lease_seconds=2, retry_backoff_s=0.2)
     cluster.submit([{"task": "shell", "name": "slow", "command": "sleep 6"}])
     cluster.scheduler()
@@ -124,10 +125,11 @@ def test_a_worker_whose_clock_is_ten_minutes_behind_is_not_taken_for_dead(cluste
     def skewed_worker(*args, log_name="worker"):
         log_path = str(tmp_path / ("%s.log" % log_name))
         with open(log_path, "w") as log_file:
-            process = subprocess.Popen(["faketime", "-f", "-600s", sys.executable, "-m", "eas_controller", "worker",
-                                        *args], cwd=PROJECT_ROOT, stdout=log_file,
-                                       # a host whose wall clock is wrong still has a steady monotonic clock
-                                       env=dict(environment.env, FAKETIME_DONT_FAKE_MONOTONIC="1"),
+            # the worker process itself runs with the clock ten minutes behind (a host whose wall clock is
+            # wrong still has a steady monotonic clock)
+            process = subprocess.Popen([sys.executable, "-m", "eas_controller", "worker", *args], cwd=PROJECT_ROOT,
+                                       stdout=log_file, env=dict(environment.env, LD_PRELOAD=library, FAKETIME="-600s",
+                                                                 FAKETIME_DONT_FAKE_MONOTONIC="1"),
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         process.log_path = log_path
         return process
@@ -142,3 +144,23 @@ def test_a_worker_whose_clock_is_ten_minutes_behind_is_not_taken_for_dead(cluste
     attempt = cluster.attempts_of("slow")[0]
     assert attempt.started_at < time.time() - 500  # the worker's own clock really was ten minutes behind
     assert behind.poll() is None
+
+
+def test_a_dead_workers_attempts_go_back_at_once_when_a_worker_starts_on_its_host(cluster_factory, tmp_path):
+    """Certain death (the process is gone from this host) does not wait for the lease (here 60 s)."""
+    cluster = cluster_factory("sqlite", lease_seconds=60, retry_backoff_s=0.1)
+    journal = tmp_path / "journal"
+    cluster.submit([{"task": "fault_sleep_write", "name": "t%d" % i, "seconds": 0.01 if i else 30,
+                     "journal": str(journal)} for i in range(40)])
+    cluster.scheduler()
+    doomed = cluster.worker("--concurrency", "1", name="doomed")
+    wait_for(lambda: journal_lines(journal), 30, "the doomed worker to start its long task")
+    doomed.kill()
+    doomed.wait()
+    killed_at = time.time()
+    cluster.worker("--concurrency", "2", "--cpus", "2", name="successor")
+    wait_for(cluster.worker_tasks_finished, 50, "every task to finish well within the 60 s lease")
+    assert time.time() - killed_at < 50
+    assert states_of(cluster) == {"done": 40}
+    lost = cluster.rows("SELECT * FROM eas_attempts WHERE state = 'stalled'")
+    assert lost and all("is gone" in attempt.error_text for attempt in lost)

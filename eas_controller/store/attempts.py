@@ -133,6 +133,13 @@ def stall(connection: Connection, attempt_id: int, reason: str, now: float, curr
         state=states.A_STALLED, ended_at=now, error_text=reason), current=current)
 
 
+def running_of_worker(connection: Connection, worker_id: int) -> list:
+    """(id, task_id, number, state) of the attempts a worker holds, locked."""
+    return connection.execute(sa.select(attempts.c.id, attempts.c.task_id, attempts.c.number, attempts.c.state)
+                              .where(attempts.c.state == states.A_RUNNING, attempts.c.worker_id == worker_id)
+                              .with_for_update()).all()
+
+
 def orphaned(connection: Connection, owner: int, started_before: float, known: list[int]) -> list:
     """Running attempts of ``owner`` started before ``started_before`` that the worker does not know of (a
     claim whose reply was lost with the connection), locked."""

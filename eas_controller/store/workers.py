@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller.database.schema import workers
@@ -35,3 +36,12 @@ def heartbeat(connection: Connection, worker_id: int, now: float, free_slots: in
 def mark_stopped(connection: Connection, worker_id: int) -> None:
     connection.execute(workers.update().where(workers.c.id == worker_id).values(
         state=STOPPED, free_slots=0, last_seen=time.time()))
+
+
+def unstopped_on_host(connection: Connection, host: str, other_than: int | None = None) -> list:
+    """Rows of workers on ``host`` not marked stopped (id, name, pid, started_at), locked."""
+    query = sa.select(workers.c.id, workers.c.name, workers.c.pid, workers.c.started_at).where(
+        workers.c.host == host, workers.c.state != STOPPED)
+    if other_than is not None:
+        query = query.where(workers.c.id != other_than)
+    return connection.execute(query.with_for_update()).all()

@@ -41,6 +41,7 @@ from eas_controller.store import workers as worker_store
 from eas_controller.worker.attempt import RunningAttempt, first_line
 from eas_controller.worker.claiming import PREFETCH_HORIZON_S, ClaimingMixin
 from eas_controller.worker.heartbeat import HeartbeatMixin
+from eas_controller.worker.neighbours import bury_dead_neighbours
 from eas_controller.worker.recording import MAX_GROUP, RecordingMixin
 from eas_controller.worker.resources import Capacity, detect_gpus
 from eas_controller.worker.slots import SlotsMixin
@@ -92,7 +93,8 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         self.prefetch = max(0, int(prefetch))
         self.backlog: collections.deque[RunningAttempt] = collections.deque()  # claimed, waiting for a slot
         self.durations: dict[str, float] = {}  # task type -> moving average of its attempts' slot time (s)
-        self.completions: queue_module.Queue = queue_module.Queue()  # finished, waiting to be recorded
+        # finished, waiting to be recorded; bounded, so that a SIGKILL loses at most this much finished work
+        self.completions: queue_module.Queue = queue_module.Queue(maxsize=MAX_GROUP + self.concurrency)
         self.trash: queue_module.Queue = queue_module.Queue()  # scratch folders to remove, off the busy threads
         self.lease_seconds = settings.lease_seconds
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_s, settings.max_lost_attempts)
@@ -135,6 +137,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         capabilities = sorted(self.types)
 
         def body(connection):
+            bury_dead_neighbours(connection, self.host, None, self.policy)
             return worker_store.register(connection, self.name, self.host, self.pid, capabilities,
                                          self.capacity.total["cpu"], self.capacity.total["gpu"],
                                          self.capacity.total["memory_gb"], self.concurrency, cluster_labels())
