@@ -91,7 +91,7 @@ class Job:
         with read_transaction(self.engine) as connection:
             counts = job_state_counts(connection, self.id)
             finished = job_is_finished(connection, self.id)
-        return JobStatus(self.id, _overall_state(counts, finished), counts)
+        return JobStatus(self.id, overall_state(counts, finished), counts)
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.2, schedule: bool = True) -> JobStatus:
         """Block until nothing in the job can move any more; :class:`TimeoutError` after ``timeout`` seconds.
@@ -125,7 +125,7 @@ class Job:
                            metadata.get(row.id, {}), row.error_text) for row in rows]
 
 
-def _overall_state(counts: dict[str, int], finished: bool) -> str:
+def overall_state(counts: dict[str, int], finished: bool) -> str:
     if not finished:
         return "active"
     if counts.get(states.FAILED):
