@@ -20,9 +20,13 @@ from eas_controller.web_interface.api import create_api_app
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}
-CHAIN = {"job_name": "rest", "task_list": [
-    {"task": "write_text", "name": "make", "text": "hello", "outputs": {"text": "made.txt"}},
-    {"task": "null", "name": "after"}]}
+CHAIN = {
+    "job_name": "rest",
+    "task_list": [
+        {"task": "write_text", "name": "make", "text": "hello", "outputs": {"text": "made.txt"}},
+        {"task": "null", "name": "after"},
+    ],
+}
 
 
 @pytest.fixture
@@ -38,14 +42,23 @@ def test_openapi_document_is_served_and_valid(client):
     assert response.status_code == 200
     document = response.get_json()
     assert document["openapi"].startswith("3.") and "/api/tasks/{task_id}/logs" in document["paths"]
-    writes = [(path, method) for path, item in document["paths"].items() for method, operation in item.items()
-              if method == "post"]
+    writes = [
+        (path, method)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method == "post"
+    ]
     assert len(writes) == 5 and all("security" in document["paths"][path][method] for path, method in writes)
 
 
 def test_every_write_needs_a_token(client):
-    writes = [("/api/jobs", CHAIN), ("/api/cancel", {"all": True}), ("/api/reschedule", {}), ("/api/hold", {}),
-              ("/api/release", {})]
+    writes = [
+        ("/api/jobs", CHAIN),
+        ("/api/cancel", {"all": True}),
+        ("/api/reschedule", {}),
+        ("/api/hold", {}),
+        ("/api/release", {}),
+    ]
     for path, body in writes:
         missing = client.post(path, json=body)
         assert missing.status_code == 401 and "Bearer" in missing.get_json()["error"], path
@@ -68,7 +81,9 @@ def test_submit_list_and_read_a_finished_job(client, eas_sqlite):
     response = client.post("/api/jobs", json=CHAIN, headers=AUTH)
     assert response.status_code == 201, response.get_json()
     submitted = response.get_json()
-    assert submitted["message"].startswith("submitted job %d (rest): 3 tasks (2 to run on workers" % submitted["job_id"])
+    assert submitted["message"].startswith(
+        "submitted job %d (rest): 3 tasks (2 to run on workers" % submitted["job_id"]
+    )
     job_id = submitted["job_id"]
     # run it with a real worker process
     from eas_controller.api.jobs import Job
@@ -108,8 +123,11 @@ def test_actions_change_state_and_say_what_they_did(client):
     job_id = client.post("/api/jobs", json=CHAIN, headers=AUTH).get_json()["job_id"]
     held = client.post("/api/hold", json={"job_id": job_id}, headers=AUTH).get_json()
     assert "held 2 ready or waiting task(s)" in held["message"]
-    states_now = {task["state"] for task in client.get("/api/tasks?job_id=%d" % job_id).get_json()["items"]
-                  if not task["is_control"]}
+    states_now = {
+        task["state"]
+        for task in client.get("/api/tasks?job_id=%d" % job_id).get_json()["items"]
+        if not task["is_control"]
+    }
     assert states_now == {"held"}
     released = client.post("/api/release", json={"job_name": "rest"}, headers=AUTH).get_json()
     assert released["message"] == "released 2 held task(s) of job 'rest'"
@@ -124,13 +142,24 @@ def test_actions_change_state_and_say_what_they_did(client):
 
 def test_bad_input_is_a_clear_4xx(client):
     cases = [
-        (client.post("/api/jobs", json={"task_list": [{"task": "no_such_type"}]}, headers=AUTH), 400,
-         "unknown task type 'no_such_type'"),
-        (client.post("/api/jobs", json={"task_list": [{"task": "null", "inputs": {"x": "nowhere.txt"}}]},
-                     headers=AUTH), 400, "no task produces file 'nowhere.txt'"),
+        (
+            client.post("/api/jobs", json={"task_list": [{"task": "no_such_type"}]}, headers=AUTH),
+            400,
+            "unknown task type 'no_such_type'",
+        ),
+        (
+            client.post(
+                "/api/jobs", json={"task_list": [{"task": "null", "inputs": {"x": "nowhere.txt"}}]}, headers=AUTH
+            ),
+            400,
+            "no task produces file 'nowhere.txt'",
+        ),
         (client.post("/api/jobs", json=[1, 2], headers=AUTH), 400, "task chain"),
-        (client.post("/api/jobs", data="{not json", headers=dict(AUTH, **{"Content-Type": "application/json"})),
-         400, "not valid JSON"),
+        (
+            client.post("/api/jobs", data="{not json", headers=dict(AUTH, **{"Content-Type": "application/json"})),
+            400,
+            "not valid JSON",
+        ),
         (client.post("/api/jobs", data="x", headers=AUTH), 415, "must be JSON"),
         (client.post("/api/cancel", json={}, headers=AUTH), 400, "name what to cancel"),
         (client.post("/api/cancel", json={"task_types": ["nope"]}, headers=AUTH), 400, "unknown task type(s) ['nope']"),
@@ -157,8 +186,14 @@ def test_rest_api_script_serves_over_http(eas_sqlite):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     path = os.path.join(PROJECT_ROOT, "eas_controller", "web_interface", "rest_api.py")
-    server = subprocess.Popen([path, "--port", str(port)], cwd=os.path.dirname(path), env=eas_sqlite.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [path, "--port", str(port)],
+        cwd=os.path.dirname(path),
+        env=eas_sqlite.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = "http://127.0.0.1:%d/api" % port
         for _ in range(200):
@@ -167,12 +202,20 @@ def test_rest_api_script_serves_over_http(eas_sqlite):
                 break
             except OSError:
                 time.sleep(0.1)
-        request = urllib.request.Request(url + "/jobs", data=json.dumps(CHAIN).encode(), method="POST",
-                                         headers=dict(AUTH, **{"Content-Type": "application/json"}))
+        request = urllib.request.Request(
+            url + "/jobs",
+            data=json.dumps(CHAIN).encode(),
+            method="POST",
+            headers=dict(AUTH, **{"Content-Type": "application/json"}),
+        )
         assert json.load(urllib.request.urlopen(request, timeout=10))["job_name"] == "rest"
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(url + "/jobs", data=b"{}", method="POST",
-                                                          headers={"Content-Type": "application/json"}), timeout=10)
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    url + "/jobs", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+                ),
+                timeout=10,
+            )
         assert refused.value.code == 401
     finally:
         server.terminate()
@@ -199,5 +242,6 @@ def test_fuzzing_against_the_openapi_document(case):
     scripts refuse it."""
     from schemathesis.checks import positive_data_acceptance
 
-    case.call_and_validate(headers=AUTH if case.method.upper() == "POST" else None,
-                           excluded_checks=[positive_data_acceptance])
+    case.call_and_validate(
+        headers=AUTH if case.method.upper() == "POST" else None, excluded_checks=[positive_data_acceptance]
+    )

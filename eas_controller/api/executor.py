@@ -31,7 +31,7 @@ class RemoteTraceback(Exception):
         self.text = text
 
     def __str__(self) -> str:
-        return "\n\"\"\"\n%s\"\"\"" % self.text
+        return '\n"""\n%s"""' % self.text
 
 
 class RemoteError(Exception):
@@ -43,8 +43,14 @@ class Executor(concurrent.futures.Executor):
     per executor); ``schedule``: drive scheduling passes from this process (default True); ``priority``:
     the tasks' priority."""
 
-    def __init__(self, settings: Settings | None = None, job_name: str | None = None, schedule: bool = True,
-                 poll_interval: float = 0.1, priority: int = 0):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        job_name: str | None = None,
+        schedule: bool = True,
+        poll_interval: float = 0.1,
+        priority: int = 0,
+    ):
         self.settings = resolve_settings(settings)
         self.engine = engine_for(self.settings)
         self.job_name = job_name or "executor-%s" % uuid.uuid4().hex[:10]
@@ -63,8 +69,14 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         return self._submit_calls([(fn, args, kwargs)])[0]
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
+    def map(
+        self,
+        fn: Callable,
+        *iterables: Iterable,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator:
         """Like :meth:`concurrent.futures.Executor.map`, but every call is submitted in one transaction."""
         futures = self._submit_calls([(fn, args, {}) for args in zip(*iterables)])
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -85,8 +97,10 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         if not calls:
             return []
-        task_list = [dict(task=TASK_TYPE, function=function_name(fn), call=encode_call(fn, args, kwargs),
-                          priority=self.priority) for fn, args, kwargs in calls]
+        task_list = [
+            dict(task=TASK_TYPE, function=function_name(fn), call=encode_call(fn, args, kwargs), priority=self.priority)
+            for fn, args, kwargs in calls
+        ]
         job = add_to_batch({"task_list": task_list}, self.job_name, self.settings, source="executor")
         self.jobs.append(job)
         futures = []
@@ -119,8 +133,11 @@ class Executor(concurrent.futures.Executor):
                     self._wakeup.clear()
                     continue
                 did_something = scheduler.run_pass().did_something if scheduler else False
-                finished = {task_id: state for task_id, state in task_states(self.engine, pending).items()
-                            if state in states.TASK_FINAL_STATES}
+                finished = {
+                    task_id: state
+                    for task_id, state in task_states(self.engine, pending).items()
+                    if state in states.TASK_FINAL_STATES
+                }
                 if finished:
                     self._complete(finished, pending)
                 elif not did_something:
@@ -138,8 +155,9 @@ class Executor(concurrent.futures.Executor):
         from eas_controller.reports import task_metadata
 
         with read_transaction(self.engine) as connection:
-            metadata = task_metadata(connection, [task_id for task_id, state in finished.items()
-                                                  if state == states.DONE])
+            metadata = task_metadata(
+                connection, [task_id for task_id, state in finished.items() if state == states.DONE]
+            )
         for task_id, state in finished.items():
             future = pending[task_id]
             try:
@@ -213,5 +231,6 @@ def get_executor(name: str = "eas", **options: Any) -> concurrent.futures.Execut
         raise NotImplementedError(
             "the 'slurm' strategy runs through EAS workers started as Slurm jobs "
             "(eas_controller/worker_orchestration/slurm_workers.py), which this installation does not provide yet; "
-            "start workers on the cluster yourself and use get_executor('eas')")
+            "start workers on the cluster yourself and use get_executor('eas')"
+        )
     raise ValueError("unknown executor %r; choose one of: eas, sequential, multiprocessing, slurm" % (name,))

@@ -106,8 +106,10 @@ class Job:
             if current.finished:
                 return current
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("job %d (%s) is not finished after %g s: %s" % (
-                    self.id, self.name, timeout, _describe(current.counts)))
+                raise TimeoutError(
+                    "job %d (%s) is not finished after %g s: %s"
+                    % (self.id, self.name, timeout, _describe(current.counts))
+                )
             if not did_something:
                 time.sleep(poll_interval)
 
@@ -117,12 +119,32 @@ class Job:
 
         with read_transaction(self.engine) as connection:
             rows = connection.execute(
-                sa.select(tasks.c.id, tasks.c.name, tasks.c.task_type, tasks.c.chain_path, tasks.c.state,
-                          tasks.c.attempt_count, tasks.c.error_text)
-                .where(tasks.c.job_id == self.id, tasks.c.is_control.is_(False)).order_by(tasks.c.id)).all()
+                sa.select(
+                    tasks.c.id,
+                    tasks.c.name,
+                    tasks.c.task_type,
+                    tasks.c.chain_path,
+                    tasks.c.state,
+                    tasks.c.attempt_count,
+                    tasks.c.error_text,
+                )
+                .where(tasks.c.job_id == self.id, tasks.c.is_control.is_(False))
+                .order_by(tasks.c.id)
+            ).all()
             metadata = task_metadata(connection, [row.id for row in rows])
-        return [TaskResult(row.id, row.name, row.task_type, row.chain_path, row.state, row.attempt_count,
-                           metadata.get(row.id, {}), row.error_text) for row in rows]
+        return [
+            TaskResult(
+                row.id,
+                row.name,
+                row.task_type,
+                row.chain_path,
+                row.state,
+                row.attempt_count,
+                metadata.get(row.id, {}),
+                row.error_text,
+            )
+            for row in rows
+        ]
 
 
 def overall_state(counts: dict[str, int], finished: bool) -> str:
@@ -145,8 +167,9 @@ def make_scheduler(settings: Settings, engine: Engine):
     from eas_controller.queues import make_queue
     from eas_controller.scheduler import Scheduler
 
-    return Scheduler(engine, make_queue(settings, engine), settings.max_attempts,
-                     retry_backoff_s=settings.retry_backoff_s)
+    return Scheduler(
+        engine, make_queue(settings, engine), settings.max_attempts, retry_backoff_s=settings.retry_backoff_s
+    )
 
 
 def _expand(engine: Engine, chain: dict, source: str, job_name: str | None) -> tuple[Plan, dict]:
@@ -158,8 +181,7 @@ def _expand(engine: Engine, chain: dict, source: str, job_name: str | None) -> t
     return expand_chain(chain, source, registry, job_name), {name: t.max_attempts for name, t in registry.items()}
 
 
-def submit(chain: dict, job_name: str | None = None, settings: Settings | None = None,
-           source: str = "python") -> Job:
+def submit(chain: dict, job_name: str | None = None, settings: Settings | None = None, source: str = "python") -> Job:
     """Validate ``chain`` (a task chain as a dict, as in a job file) and create its tasks in one transaction.
 
     Raises :class:`eas_controller.chains.ChainError` with the message ``submit.py`` would print.
@@ -184,8 +206,9 @@ def add_to_batch(chain: dict, batch: str, settings: Settings | None = None, sour
     engine = engine_for(settings)
     plan, max_attempts = _expand(engine, chain, source, batch)
     with write_transaction(engine) as connection:
-        row = connection.execute(sa.select(jobs.c.id).where(jobs.c.name == batch)
-                                 .order_by(jobs.c.id.desc()).limit(1)).first()
+        row = connection.execute(
+            sa.select(jobs.c.id).where(jobs.c.name == batch).order_by(jobs.c.id.desc()).limit(1)
+        ).first()
         job_id = row.id if row is not None else create_job(connection, batch, source)
         ids = write_plan(connection, plan, job_id, max_attempts)
     return Job(job_id, batch, settings, [ids[node.index] for node in plan.worker_tasks])
@@ -206,7 +229,10 @@ def latest_attempt(engine: Engine, task_id: int):
     with read_transaction(engine) as connection:
         return connection.execute(
             sa.select(attempts.c.id, attempts.c.state, attempts.c.exit_status, attempts.c.error_text)
-            .where(attempts.c.task_id == task_id).order_by(attempts.c.id.desc()).limit(1)).first()
+            .where(attempts.c.task_id == task_id)
+            .order_by(attempts.c.id.desc())
+            .limit(1)
+        ).first()
 
 
 def log_lines_after(engine: Engine, task_id: int, after_id: int = 0, limit: int = 1000) -> list:
@@ -214,7 +240,10 @@ def log_lines_after(engine: Engine, task_id: int, after_id: int = 0, limit: int 
     with read_transaction(engine) as connection:
         attempt_ids = sa.select(attempts.c.id).where(attempts.c.task_id == task_id)
         return connection.execute(  # by attempt: the log table's index is (attempt_id, id)
-            sa.select(log_lines.c.id, log_lines.c.attempt_id, log_lines.c.stream, log_lines.c.severity,
-                      log_lines.c.message)
+            sa.select(
+                log_lines.c.id, log_lines.c.attempt_id, log_lines.c.stream, log_lines.c.severity, log_lines.c.message
+            )
             .where(log_lines.c.attempt_id.in_(attempt_ids), log_lines.c.id > after_id)
-            .order_by(log_lines.c.id).limit(limit)).all()
+            .order_by(log_lines.c.id)
+            .limit(limit)
+        ).all()

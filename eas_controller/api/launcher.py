@@ -73,8 +73,9 @@ def task_type_for(settings: Settings, cpus: float | None, gpus: int | None, memo
         raise LaunchError("--memory-gb must not be negative, not %g" % memory_gb)
     name = "shell_cpu%s_gpu%d_mem%s" % (_number_label(cpus), gpus, _number_label(memory_gb))
     template = "export EAS_GPUS=${{EAS_GPUS:-%d}} EAS_MEMORY_GB=%g; {command}" % (gpus, memory_gb)
-    wanted = TaskType(name=name, kind="command", target=template, cpu=cpus, gpu=gpus, memory_gb=memory_gb,
-                      source="launch.py")
+    wanted = TaskType(
+        name=name, kind="command", target=template, cpu=cpus, gpu=gpus, memory_gb=memory_gb, source="launch.py"
+    )
     from eas_controller.database.engine import read_transaction, write_transaction
     from eas_controller.registry import load_registry, store_registry
 
@@ -82,7 +83,12 @@ def task_type_for(settings: Settings, cpus: float | None, gpus: int | None, memo
     with read_transaction(engine) as connection:
         known = load_registry(connection).get(name)
     if known is None or (known.kind, known.target, known.cpu, known.gpu, known.memory_gb) != (
-            wanted.kind, wanted.target, wanted.cpu, wanted.gpu, wanted.memory_gb):
+        wanted.kind,
+        wanted.target,
+        wanted.cpu,
+        wanted.gpu,
+        wanted.memory_gb,
+    ):
         with write_transaction(engine) as connection:
             store_registry(connection, {name: wanted})
     return name
@@ -93,10 +99,18 @@ def _literal(command: str) -> str:
     return " " + command if command[:1] in ("(", "'", '"') else command
 
 
-def add_commands(settings: Settings, commands: list[str | list[str]], batch: str, name: str | None = None,
-                 cpus: float | None = None, gpus: int | None = None, memory_gb: float | None = None,
-                 inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None,
-                 priority: int = 0) -> tuple[Job, list[int]]:
+def add_commands(
+    settings: Settings,
+    commands: list[str | list[str]],
+    batch: str,
+    name: str | None = None,
+    cpus: float | None = None,
+    gpus: int | None = None,
+    memory_gb: float | None = None,
+    inputs: dict[str, str] | None = None,
+    outputs: dict[str, str] | None = None,
+    priority: int = 0,
+) -> tuple[Job, list[int]]:
     """Add one shell task per command (a string, or a list of arguments to quote) to ``batch``, in one
     transaction; returns the job and the new task ids in order."""
     task_type = task_type_for(settings, cpus, gpus, memory_gb)
@@ -117,8 +131,15 @@ def add_commands(settings: Settings, commands: list[str | list[str]], batch: str
     return job, job.task_ids
 
 
-def wait_for_task(settings: Settings, task_id: int, schedule: bool = True, poll_interval: float = 0.2,
-                  stream: bool = True, out=None, err=None) -> int:
+def wait_for_task(
+    settings: Settings,
+    task_id: int,
+    schedule: bool = True,
+    poll_interval: float = 0.2,
+    stream: bool = True,
+    out=None,
+    err=None,
+) -> int:
     """Follow a task to its end, printing its log lines as they are recorded; returns its exit status
     (that of its last attempt; 1 if it failed without one, e.g. a lost worker or a timeout; 130 if cancelled)."""
     out = out or sys.stdout

@@ -31,18 +31,36 @@ def build_parser():
     parser.add_argument("--cpus", type=float, default=None, help="cores the command needs (default 1)")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs the command needs (default 0)")
     parser.add_argument("--memory-gb", type=float, default=None, help="memory the command needs (default 0.5)")
-    parser.add_argument("-i", "--input", action="append", default=[], metavar="[TYPE=]FILE",
-                        help="a file the command reads, relative to the data directory; the task waits for the task "
-                             "that makes it (repeatable; TYPE default input, input_2, ...)")
-    parser.add_argument("-o", "--output", action="append", default=[], metavar="[TYPE=]FILE",
-                        help="a file the command must write to $EAS_OUTPUT_<TYPE> (repeatable; TYPE default output)")
+    parser.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="[TYPE=]FILE",
+        help="a file the command reads, relative to the data directory; the task waits for the task "
+        "that makes it (repeatable; TYPE default input, input_2, ...)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        default=[],
+        metavar="[TYPE=]FILE",
+        help="a file the command must write to $EAS_OUTPUT_<TYPE> (repeatable; TYPE default output)",
+    )
     parser.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
-    parser.add_argument("--commands", metavar="FILE", help="read commands from FILE (- for standard input), one per "
-                                                           "line; blank lines and lines starting with # are skipped")
-    parser.add_argument("--wait", action="store_true",
-                        help="wait for the task, print its log lines, exit with its exit status")
-    parser.add_argument("--no-schedule", action="store_true",
-                        help="with --wait: leave queueing to a running scheduler daemon")
+    parser.add_argument(
+        "--commands",
+        metavar="FILE",
+        help="read commands from FILE (- for standard input), one per "
+        "line; blank lines and lines starting with # are skipped",
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the task, print its log lines, exit with its exit status"
+    )
+    parser.add_argument(
+        "--no-schedule", action="store_true", help="with --wait: leave queueing to a running scheduler daemon"
+    )
     parser.add_argument("--poll-interval", type=float, default=0.2, help="seconds between checks with --wait")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...: the command to run")
     return parser
@@ -89,15 +107,26 @@ def launch(args) -> int:
         outputs = parse_files(args.output, "output", "-o")
         settings = cli.settings_from(args)
         cli.connect(settings)
-        job, task_ids = add_commands(settings, lines, batch=args.batch, name=args.name, cpus=args.cpus,
-                                     gpus=args.gpus, memory_gb=args.memory_gb, inputs=inputs, outputs=outputs,
-                                     priority=args.priority)
+        job, task_ids = add_commands(
+            settings,
+            lines,
+            batch=args.batch,
+            name=args.name,
+            cpus=args.cpus,
+            gpus=args.gpus,
+            memory_gb=args.memory_gb,
+            inputs=inputs,
+            outputs=outputs,
+            priority=args.priority,
+        )
     except LaunchError as error:
         raise cli.CommandError(str(error)) from None
     for task_id in task_ids:
         print(task_id, flush=True)
     if not args.wait:
         return 0
-    statuses = [wait_for_task(settings, task_id, schedule=not args.no_schedule, poll_interval=args.poll_interval,
-                              stream=True) for task_id in task_ids]
+    statuses = [
+        wait_for_task(settings, task_id, schedule=not args.no_schedule, poll_interval=args.poll_interval, stream=True)
+        for task_id in task_ids
+    ]
     return next((status for status in statuses if status != 0), 0)

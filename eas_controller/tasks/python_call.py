@@ -27,9 +27,10 @@ def encode_call(function: Callable, args: tuple, kwargs: dict) -> str:
     """The ``call`` field for ``function(*args, **kwargs)``; the function must be importable by the workers."""
     module = getattr(function, "__module__", None)
     if module in (None, "__main__") or "<locals>" in getattr(function, "__qualname__", "<locals>"):
-        raise TypeError("%r cannot run on a worker: only functions importable by name (defined at the top level of "
-                        "a module the workers can import, not in __main__ or inside another function) can"
-                        % (function,))
+        raise TypeError(
+            "%r cannot run on a worker: only functions importable by name (defined at the top level of "
+            "a module the workers can import, not in __main__ or inside another function) can" % (function,)
+        )
     return base64.b64encode(pickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
 
 
@@ -55,8 +56,10 @@ def run(ctx) -> None:
     try:
         function, args, kwargs = pickle.loads(base64.b64decode(ctx.description["call"]))
     except Exception as error:
-        raise TaskFailure("cannot load the function call of %s: %s: %s" % (
-            ctx.description.get("function", "this task"), error.__class__.__name__, error)) from None
+        raise TaskFailure(
+            "cannot load the function call of %s: %s: %s"
+            % (ctx.description.get("function", "this task"), error.__class__.__name__, error)
+        ) from None
     try:
         value = function(*args, **kwargs)
     except Exception as error:

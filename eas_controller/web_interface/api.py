@@ -42,6 +42,7 @@ def _error(status: int, message: str):
 
 # -- input ----------------------------------------------------------------------------------------------------
 
+
 def _int_arg(name: str, default: int | None = None, minimum: int = 0, maximum: int = MAX_ID) -> int | None:
     text = request.args.get(name)
     if text is None:
@@ -82,7 +83,7 @@ def _selection(body: Any, allowed: set[str]):
     from eas_controller.recovery import Selection
 
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object like {\"job_name\": \"survey\"}")
+        raise ApiError(400, 'the request body must be a JSON object like {"job_name": "survey"}')
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise ApiError(400, "unknown field(s) %s; allowed: %s" % (unknown, sorted(allowed)))
@@ -94,8 +95,9 @@ def _selection(body: Any, allowed: set[str]):
         raise ApiError(400, "field 'job_name' must be a non-empty string of at most 255 characters")
     if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_ID):
         raise ApiError(400, "field 'job_id' must be a job id (a whole number from 1)")
-    if task_types is not None and (not isinstance(task_types, list) or
-                                   not all(isinstance(name, str) and name for name in task_types)):
+    if task_types is not None and (
+        not isinstance(task_types, list) or not all(isinstance(name, str) and name for name in task_types)
+    ):
         raise ApiError(400, "field 'task_types' must be a list of task type names")
     for flag in ("dry_run", "all"):
         if flag in body and not isinstance(body[flag], bool):
@@ -104,6 +106,7 @@ def _selection(body: Any, allowed: set[str]):
 
 
 # -- the blueprint --------------------------------------------------------------------------------------------
+
 
 def create_api_blueprint(settings: Settings) -> Blueprint:
     """The API's routes under ``/api``, on ``settings``' database; tokens are read from ``settings``."""
@@ -134,8 +137,11 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
             for known in settings.api_tokens:  # every token compared, each in constant time
                 accepted |= hmac.compare_digest(known.encode(), token)
             if not accepted:
-                raise ApiError(403, "the token is not accepted (see api_tokens in %s)" % (
-                    settings.settings_path or "the settings file"))
+                raise ApiError(
+                    403,
+                    "the token is not accepted (see api_tokens in %s)"
+                    % (settings.settings_path or "the settings file"),
+                )
             return view(*args, **kwargs)
 
         return checked
@@ -160,6 +166,7 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         from sqlalchemy.exc import OperationalError
 
         from eas_controller.config import redact_url
+
         if isinstance(error, OperationalError):
             return _error(503, "cannot use the database: %s" % redact_url(str(error.orig).splitlines()[0]))
         return _error(400, str(error))
@@ -197,10 +204,16 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         limit, offset = _paging()
         state = request.args.get("state")
         if state is not None and state not in states.TASK_STATES:
-            raise ApiError(400, "query parameter 'state' must be one of %s, not %r" % (", ".join(states.TASK_STATES),
-                                                                                      state))
-        filters = dict(job_id=_int_arg("job_id", None, 1), parent_id=_int_arg("parent_id", None, 1), state=state,
-                       task_type=request.args.get("task_type"), job_name=request.args.get("job_name"))
+            raise ApiError(
+                400, "query parameter 'state' must be one of %s, not %r" % (", ".join(states.TASK_STATES), state)
+            )
+        filters = dict(
+            job_id=_int_arg("job_id", None, 1),
+            parent_id=_int_arg("parent_id", None, 1),
+            state=state,
+            task_type=request.args.get("task_type"),
+            job_name=request.args.get("job_name"),
+        )
         return jsonify(reading(lambda c: queries.list_tasks(c, filters, limit, offset)))
 
     def existing_task(task_id: str) -> int:
@@ -226,7 +239,7 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
     def task_logs(task_id: str):
         number = existing_task(task_id)
         attempt_id = _int_arg("attempt_id", None, 1)
-        after = _int_arg("after", 0, 0, 2 ** 62)
+        after = _int_arg("after", 0, 0, 2**62)
         limit = _int_arg("limit", 1000, 1, 10000)
         return jsonify(reading(lambda c: queries.list_logs(c, number, attempt_id, after, limit)))
 
@@ -250,10 +263,21 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         job = submit(chain, job_name, settings, source="rest-api")
         with_counts = reading(lambda c: queries.get_job(c, job.id))
         message = "submitted job %d (%s): %d tasks (%d to run on workers, %d control-flow) from %s" % (
-            job.id, job.name, with_counts["tasks"], len(job.task_ids), with_counts["tasks"] - len(job.task_ids),
-            "rest-api")
-        response = jsonify(job_id=job.id, job_name=job.name, tasks=with_counts["tasks"],
-                           worker_tasks=len(job.task_ids), task_ids=job.task_ids, message=message)
+            job.id,
+            job.name,
+            with_counts["tasks"],
+            len(job.task_ids),
+            with_counts["tasks"] - len(job.task_ids),
+            "rest-api",
+        )
+        response = jsonify(
+            job_id=job.id,
+            job_name=job.name,
+            tasks=with_counts["tasks"],
+            worker_tasks=len(job.task_ids),
+            task_ids=job.task_ids,
+            message=message,
+        )
         response.status_code = 201
         return response
 
@@ -282,12 +306,19 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
 
         def body(queue, selection, data, dry_run):
             if selection.is_everything and not data.get("all"):
-                raise ApiError(400, "name what to cancel (job_name, job_id, task_types), or give \"all\": true")
+                raise ApiError(400, 'name what to cancel (job_name, job_id, task_types), or give "all": true')
             report = recovery.cancel(engine(), queue, selection, dry_run)
-            return report, ("%scancelled %d unfinished task(s) of %s: %d queued attempt(s) taken out of the queue, "
-                            "%d running attempt(s) told to stop" % (
-                                "dry run: would have " if dry_run else "", report["tasks"], selection.describe(),
-                                report["queued_removed"], report["running_stopped"]))
+            return report, (
+                "%scancelled %d unfinished task(s) of %s: %d queued attempt(s) taken out of the queue, "
+                "%d running attempt(s) told to stop"
+                % (
+                    "dry run: would have " if dry_run else "",
+                    report["tasks"],
+                    selection.describe(),
+                    report["queued_removed"],
+                    report["running_stopped"],
+                )
+            )
 
         return act("cancel", body, {"all"})
 
@@ -299,11 +330,22 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         def body(queue, selection, data, dry_run):
             report = recovery.reschedule_unfinished(engine(), queue, selection, settings.max_attempts, dry_run)
             prefix = "dry run: would have " if dry_run else ""
-            message = ("%sexpired %d lease(s) (every task; %d retried, %d failed for good)\n"
-                       "%smade ready %d failed task(s), %d task(s) waiting out a retry backoff and %d task(s) left "
-                       "without a live attempt, of %s" % (
-                           prefix, report["stalled"], report["stalled_retried"], report["stalled_failed"], prefix,
-                           report["failed"], report["backoff"], report["orphans"], selection.describe()))
+            message = (
+                "%sexpired %d lease(s) (every task; %d retried, %d failed for good)\n"
+                "%smade ready %d failed task(s), %d task(s) waiting out a retry backoff and %d task(s) left "
+                "without a live attempt, of %s"
+                % (
+                    prefix,
+                    report["stalled"],
+                    report["stalled_retried"],
+                    report["stalled_failed"],
+                    prefix,
+                    report["failed"],
+                    report["backoff"],
+                    report["orphans"],
+                    selection.describe(),
+                )
+            )
             if not dry_run:
                 message += "\nqueued %d new attempt(s)" % report["promoted"]
             return report, message
@@ -318,10 +360,19 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         def body(queue, selection, data, dry_run):
             report = recovery.empty_queue(engine(), queue, selection, hold=True, dry_run=dry_run)
             prefix = "dry run: would have " if dry_run else ""
-            return report, ("%sremoved %d queued attempt(s) of %s from the %s queue; %d task(s) held\n"
-                            "%sheld %d ready or waiting task(s) as well; release them with --release" % (
-                                prefix, report["removed"], selection.describe(), queue.name, report["tasks"], prefix,
-                                report["held_ready"]))
+            return report, (
+                "%sremoved %d queued attempt(s) of %s from the %s queue; %d task(s) held\n"
+                "%sheld %d ready or waiting task(s) as well; release them with --release"
+                % (
+                    prefix,
+                    report["removed"],
+                    selection.describe(),
+                    queue.name,
+                    report["tasks"],
+                    prefix,
+                    report["held_ready"],
+                )
+            )
 
         return act("hold", body)
 
@@ -333,7 +384,10 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         def body(queue, selection, data, dry_run):
             report = recovery.release_held(engine(), selection, dry_run)
             return report, "%sreleased %d held task(s) of %s" % (
-                "dry run: would have " if dry_run else "", report["released"], selection.describe())
+                "dry run: would have " if dry_run else "",
+                report["released"],
+                selection.describe(),
+            )
 
         return act("release", body)
 
