@@ -66,7 +66,16 @@ def workers(eas_sqlite):
     stop(processes)
 
 
-def test_launch_wait_returns_the_exit_status_and_logs_the_output(workers):
+@pytest.fixture
+def workers_on_each_database(eas):
+    """Two real workers on SQLite, MariaDB and PostgreSQL in turn."""
+    processes = start_workers(eas, 2)
+    yield eas
+    stop(processes)
+
+
+def test_launch_wait_returns_the_exit_status_and_logs_the_output(workers_on_each_database):
+    workers = workers_on_each_database
     result = workers.script(
         "job_submission/launch.py",
         "-b",
@@ -189,7 +198,8 @@ def test_submit_wait_status_results(workers):
     assert "planned" in by_name["broken"].error
 
 
-def test_executor_map_on_two_workers_keeps_order_and_reraises(workers):
+def test_executor_map_on_two_workers_keeps_order_and_reraises(workers_on_each_database):
+    workers = workers_on_each_database
     import executor_functions as functions
 
     with api.get_executor("eas", settings=workers.settings) as executor:
