@@ -244,3 +244,45 @@ def test_executor_refuses_functions_workers_cannot_import(eas_sqlite):
     with api.get_executor("eas", settings=eas_sqlite.settings) as executor:
         with pytest.raises(TypeError, match="importable"):
             executor.submit(lambda: 1)
+
+
+def test_launch_outputs_feed_later_inputs(workers):
+    reader = workers.script(
+        "job_submission/launch.py",
+        "-b",
+        "files",
+        "-i",
+        "made/table.txt",
+        "--",
+        "sh",
+        "-c",
+        'cat "$EAS_INPUT_INPUT"',
+        check=False,
+    )
+    assert reader.returncode == 2 and "no task produces file 'made/table.txt'" in reader.stderr
+    workers.script(
+        "job_submission/launch.py",
+        "-b",
+        "files",
+        "-o",
+        "table=made/table.txt",
+        "--",
+        "sh",
+        "-c",
+        'echo from-the-writer > "$EAS_OUTPUT_TABLE"',
+    )
+    result = workers.script(
+        "job_submission/launch.py",
+        "-b",
+        "files",
+        "-i",
+        "made/table.txt",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        'cat "$EAS_INPUT_INPUT"',
+    )
+    assert "from-the-writer" in result.stdout
+    with open(os.path.join(workers.settings.data_dir, "made", "table.txt")) as handle:
+        assert handle.read() == "from-the-writer\n"
