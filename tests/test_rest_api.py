@@ -20,6 +20,7 @@ from eas_controller.web_interface.api import create_api_app
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}
+JSON = "application/json"
 CHAIN = {
     "job_name": "rest",
     "task_list": [
@@ -140,6 +141,13 @@ def test_actions_change_state_and_say_what_they_did(client):
     assert "made ready 0 failed task(s)" in rescheduled["message"]
 
 
+def _nested(levels):
+    value = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def test_bad_input_is_a_clear_4xx(client):
     cases = [
         (
@@ -172,6 +180,16 @@ def test_bad_input_is_a_clear_4xx(client):
         (client.get("/api/tasks/99999999999999999999/logs"), 404, "no task"),
         (client.get("/api/jobs/12"), 404, "no job 12"),
         (client.get("/api/nothing-here"), 404, ""),
+        (
+            client.post("/api/jobs", data="[" * 100000 + "]" * 100000, headers=dict(AUTH, **{"Content-Type": JSON})),
+            400,
+            "nested too deeply",
+        ),
+        (
+            client.post("/api/jobs", json={"task_list": [{"task": "null", "deep": _nested(130)}]}, headers=AUTH),
+            400,
+            "nested more than 128 levels deep",
+        ),
         (client.delete("/api/jobs"), 405, ""),
     ]
     for response, status, message in cases:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 from typing import Any, Callable
 
 from flask import Blueprint, Flask, jsonify, request
@@ -21,6 +22,8 @@ from eas_controller.config import Settings
 PREFIX = "/api"
 MAX_ID = 2147483647
 MAX_BODY_BYTES = 16 * 1024 * 1024
+#: Lists and objects nested deeper than this are refused (a chain level is two: a task and its task_list).
+MAX_NESTING = 128
 
 
 class ApiError(Exception):
@@ -73,10 +76,24 @@ def _paging(maximum: int = 1000, default: int = 100) -> tuple[int, int]:
 def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "the request body must be JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "the request body is not valid JSON")
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the request body is not valid JSON (or nested too deeply)") from None
+    if _depth(body) > MAX_NESTING:
+        raise ApiError(400, "the request body is nested more than %d levels deep" % MAX_NESTING)
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion: the value may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _selection(body: Any, allowed: set[str]):
