@@ -180,6 +180,8 @@ def test_bad_input_is_a_clear_4xx(client):
         (client.get("/api/tasks/99999999999999999999/logs"), 404, "no task"),
         (client.get("/api/jobs/12"), 404, "no job 12"),
         (client.get("/api/nothing-here"), 404, ""),
+        (client.get("/api/jobs?name=a%00b"), 400, "NUL character"),
+        (client.post("/api/jobs", json={"task_list": [{"task": "null", "name": "a\x00"}]}, headers=AUTH), 400, "NUL"),
         (
             client.post("/api/jobs", data="[" * 100000 + "]" * 100000, headers=dict(AUTH, **{"Content-Type": JSON})),
             400,

@@ -86,13 +86,17 @@ def _json_body() -> Any:
 
 
 def _depth(value: Any) -> int:
-    """How deeply lists and objects nest in ``value`` (without recursion: the value may be deep)."""
+    """How deeply lists and objects nest in ``value`` (without recursion: it may be deep); NUL characters refused."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, level = stack.pop()
         if isinstance(item, (dict, list)):
             deepest = max(deepest, level)
             stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+            if isinstance(item, dict):
+                stack.extend((key, level) for key in item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise ApiError(400, "the request body holds a NUL character (\\u0000), which no database stores")
     return deepest
 
 
@@ -195,6 +199,11 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
 
     for kind in (ChainError, RegistryError, DatabaseError, OperationalError):
         api.register_error_handler(kind, expected_errors)
+
+    @api.before_request
+    def refuse_nul_characters():
+        if any("\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)):
+            raise ApiError(400, "a query parameter holds a NUL character, which no database stores")
 
     @api.get("/openapi.json")
     def openapi():
