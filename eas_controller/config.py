@@ -15,7 +15,11 @@ import yaml
 
 from eas_controller.launch import PROJECT_ROOT
 
-DEFAULT_DATA_DIR = os.path.join(PROJECT_ROOT, "data")
+#: ``data/`` of a source checkout; for an installed package (``pip install``), the user's data folder.
+DEFAULT_DATA_DIR = (
+    os.path.join(PROJECT_ROOT, "data") if os.path.exists(os.path.join(PROJECT_ROOT, "setup.sh"))
+    else os.path.join(os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "eas")
+)
 
 #: setting name -> environment variable that overrides the settings file
 ENVIRONMENT_VARIABLES = {
@@ -53,6 +57,7 @@ class Settings:
     retry_backoff_s: float = 5.0  # wait before the 2nd attempt of a task; doubles for each further one
     scheduler_interval: float = 0.5
     task_type_files: list[str] = dataclasses.field(default_factory=list)
+    api_tokens: list[str] = dataclasses.field(default_factory=list)  # bearer tokens the REST API accepts for writes
     settings_path: str | None = None  # where these settings were read from / will be saved
 
     @property
@@ -81,6 +86,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                           "'amq.' (reserved by RabbitMQ), not %r" % (source, value))
     if name == "task_type_files" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ConfigError("%s: task_type_files must be a list of file paths" % source)
+    if name == "api_tokens" and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+        raise ConfigError("%s: api_tokens must be a list of non-empty strings" % source)
     if name in ("lease_seconds", "scheduler_interval", "max_attempts", "max_lost_attempts") and value <= 0:
         raise ConfigError("%s: setting %r must be positive, not %r" % (source, name, value))
     if name == "retry_backoff_s" and value < 0:

@@ -355,7 +355,14 @@ ROLE_FOLDERS = ("database_initialisation", "job_submission", "queue_management",
 def role_scripts() -> list:
     package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eas_controller")
     return sorted("%s/%s" % (folder, name) for folder in ROLE_FOLDERS if os.path.isdir(os.path.join(package, folder))
-                  for name in os.listdir(os.path.join(package, folder)) if name.endswith(".py") and name != "__init__.py")
+                  for name in os.listdir(os.path.join(package, folder)) if name.endswith(".py") and name != "__init__.py"
+                  and _is_script(os.path.join(package, folder, name)))
+
+
+def _is_script(path: str) -> bool:
+    """A file starting with #! (a script: it must also be executable); library modules live in web_interface/ too."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"#!"
 
 
 class FreshShell(Environment):

@@ -26,7 +26,8 @@ SCRIPT = os.path.join(PROJECT_ROOT, "eas_controller", "worker_orchestration", "s
 def slurm(tmp_path_factory):
     missing = missing_programs()
     if missing:
-        unavailable("Slurm is not installed (missing %s): apt-get install slurm-wlm slurmdbd slurm-wlm-mysql-plugin munge" % ", ".join(missing))
+        unavailable("Slurm is not installed (missing %s): apt-get install slurm-wlm slurmdbd "
+                    "slurm-wlm-mysql-plugin munge" % ", ".join(missing))
     mysql_url = service_url("mysql")  # slurmdbd keeps accounting in MariaDB, in a database of its own
     name = (sa.engine.make_url(mysql_url).database or "eas_test") + "_slurm_acct"
     cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")), mysql_url, name)

@@ -1,7 +1,7 @@
 """web_interface.py: the web console, read-only pages over the database (jobs, task tree, tasks and their
 logs and products, timings, pass/fail grid, errors, progress and activity charts, workers and queues).
 
-Listens on 127.0.0.1 only (--private, the default) unless --public is given. Everything the pages need is
+The REST API (docs/rest_api.md) is served by the same server under /api. Listens on 127.0.0.1 only (--private, the default) unless --public is given. Everything the pages need is
 served by the console itself, so it works on a cluster with no internet."""
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ def main(argv: list[str]) -> int:
 def serve(args) -> int:
     from werkzeug.serving import make_server
 
+    from eas_controller.web_interface.api import create_api_blueprint
     from eas_controller.web_interface.app import create_app
 
     settings = cli.settings_from(args)
     cli.connect(settings).dispose()  # a missing schema is one clear line, before listening
-    app = create_app(settings)
+    app = create_app(settings, extra_blueprints=[create_api_blueprint(settings)])  # the REST API under /api
     host = "0.0.0.0" if args.public else "127.0.0.1"
     try:
         server = make_server(host, args.port, app, threaded=True)
