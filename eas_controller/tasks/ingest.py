@@ -47,18 +47,21 @@ def _input_root(ctx) -> str:
 
 
 def ingest_external_lcs(ctx) -> None:
-    """Convert every file matching ``input_path`` (a glob under the input directory) into
+    """Convert each declared input and every file matching ``input_path`` (a glob under the input directory) into
     ``<name>.gz`` in ``<data dir>/<ingest_directory>`` (default ``ingested``); a declared ``lightcurve`` output gets the first."""
     lc_type = ctx.description.get("lc_type", "lcsg")
     if lc_type != "lcsg":
         raise TaskFailure("lc_type must be 'lcsg' (the only external format known), not %r" % (lc_type,))
     pattern = ctx.description.get("input_path")
-    if not pattern or not isinstance(pattern, str):
-        raise TaskFailure("input_path (a glob under the input directory) is required")
+    if pattern is not None and not isinstance(pattern, str):
+        raise TaskFailure("input_path must be a glob (a string) under the input directory, not %r" % (pattern,))
+    if not pattern and not ctx.inputs:
+        raise TaskFailure("give input_path (a glob under the input directory) or declared inputs")
     root = _input_root(ctx)
-    paths = sorted(glob.glob(os.path.join(root, pattern)))
-    if not paths:
+    paths = sorted(glob.glob(os.path.join(root, pattern))) if pattern else []
+    if pattern and not paths:
         raise TaskFailure("no file matches %s under %s" % (pattern, root))
+    paths = [ctx.inputs[semantic] for semantic in sorted(ctx.inputs)] + paths
     destination = os.path.join(os.environ.get("EAS_DATA_DIR", ctx.work_dir),
                                ctx.description.get("ingest_directory") or "ingested")
     os.makedirs(destination, exist_ok=True)

@@ -195,9 +195,12 @@ def synthesis_psls(ctx) -> None:
     seed = settings["master_seed"]
     seed = int(seed) if seed is not None else random.SystemRandom().randrange(1, 2 ** 30)
     settings["master_seed"] = seed
-    # PSLS puts the first transit at the start of its simulation: simulate a run-in and cut it off so that
-    # the first transit falls at t0, as the seed does.
-    run_in = (settings["orbital_period"] - settings["t0"]) % settings["orbital_period"] if settings["enable_transits"] else 0.0
+    # PSLS 2 puts the first mid-transit a quarter of a period after its sample 0 (whose time stamp is half
+    # an integration plus the camera time shift): simulate a run-in and cut it off so that the first transit
+    # falls at t0, as the seed does.
+    period = settings["orbital_period"]
+    offset = (cadence * 22 / 25 / 2 + 6.25) / 86400
+    run_in = (period / 4 - offset - settings["t0"]) % period if settings["enable_transits"] else 0.0
     config_path = os.path.join(ctx.work_dir, "psls.yaml")
     with open(config_path, "w") as handle:
         yaml.safe_dump(_psls_config(settings, run_in + settings["duration"] + 1, seed), handle)
@@ -212,12 +215,14 @@ def synthesis_psls(ctx) -> None:
     if process.returncode != 0 or not os.path.exists(output):
         raise TaskFailure("PSLS failed (exit status %d): %s" % (process.returncode, (process.stderr or process.stdout)[-500:]))
     data = np.loadtxt(output, ndmin=2)
-    times, fluxes = data[:, 0] / 86400, 1 + 1e-6 * data[:, 1]
+    fluxes = 1 + 1e-6 * data[:, 1]
     cadence_days = cadence / 86400
     first = int(round(run_in / cadence_days))
     count = int(settings["duration"] / cadence_days)
-    times, fluxes = times[first:first + count], fluxes[first:first + count]
-    times = times - times[0]
+    fluxes = fluxes[first:first + count]
+    # PSLS's averaged time stamps drift from the nominal cadence (by ~0.06%); its transit model and noise
+    # use the nominal one, so the samples are put on it.
+    times = np.arange(len(fluxes)) * cadence_days
     if settings["enable_transits"]:
         noise = PLATO_NOISE * (settings["nsr"] / 73) * math.sqrt(25 / cadence)
         statistics = transit_statistics(batman_model(dict(settings, eccentricity=0.0), times), noise)

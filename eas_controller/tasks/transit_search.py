@@ -129,7 +129,9 @@ def transit_search_bls_reference(ctx) -> None:
         raise TaskFailure("period range %g to %g days is empty (the light curve spans %.3g days)" % (minimum, maximum, span))
     durations = np.linspace(0.05, 0.2, 10)
     durations = durations[durations < minimum] if np.any(durations < minimum) else np.array([minimum / 2])
-    model = BoxLeastSquares(curve.times, curve.fluxes)
+    # Each sample's scatter (robust standard deviation), so that depth_snr is a signal-to-noise ratio.
+    scatter = 1.4826 * float(np.median(np.abs(curve.fluxes - np.median(curve.fluxes)))) or 1e-6
+    model = BoxLeastSquares(curve.times, curve.fluxes, dy=np.full_like(curve.fluxes, scatter))
     results = model.autopower(durations, minimum_period=minimum, maximum_period=maximum, minimum_n_transit=2,
                               frequency_factor=float(settings.get("frequency_factor", 2.0)))
     best = int(np.nanargmax(results.power))
