@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import subprocess
 import sys
 
 import numpy as np
@@ -179,6 +178,25 @@ def _psls_config(settings: dict, duration: float, seed: int) -> dict:
     }
 
 
+def _run_psls(config_path: str, work_dir: str) -> None:
+    """Run PSLS's own main program in this (reusable) process: importing PSLS and its dependencies costs
+    seconds, which a fresh interpreter per light curve would pay every time."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import psls
+
+    saved_argv, saved_directory = sys.argv, os.getcwd()
+    sys.argv = ["psls", config_path]
+    os.chdir(work_dir)
+    try:
+        psls.main()
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            raise TaskFailure("PSLS stopped with status %r (see the log lines above)" % (stop.code,)) from None
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_directory)
+
+
 def synthesis_psls(ctx) -> None:
     """A PLATO light curve of a Sun-like star (or red giant) from PSLS: oscillations, granulation,
     PLATO's random noise and, if enabled, the transits of one planet."""
@@ -204,16 +222,10 @@ def synthesis_psls(ctx) -> None:
     config_path = os.path.join(ctx.work_dir, "psls.yaml")
     with open(config_path, "w") as handle:
         yaml.safe_dump(_psls_config(settings, run_in + settings["duration"] + 1, seed), handle)
-    process = subprocess.run(
-        [sys.executable, "-c", "import sys, psls; sys.argv = ['psls', sys.argv[1]]; psls.main()", config_path],
-        cwd=ctx.work_dir, capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"),
-    )
-    for line in (process.stdout + process.stderr).splitlines():
-        if line.strip():
-            ctx.log("psls: " + line)
     output = os.path.join(ctx.work_dir, "0012069449.dat")
-    if process.returncode != 0 or not os.path.exists(output):
-        raise TaskFailure("PSLS failed (exit status %d): %s" % (process.returncode, (process.stderr or process.stdout)[-500:]))
+    _run_psls(config_path, ctx.work_dir)
+    if not os.path.exists(output):
+        raise TaskFailure("PSLS wrote no light curve (%s)" % output)
     data = np.loadtxt(output, ndmin=2)
     fluxes = 1 + 1e-6 * data[:, 1]
     cadence_days = cadence / 86400

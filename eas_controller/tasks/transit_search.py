@@ -75,6 +75,8 @@ def _record(ctx, curve, found: dict, periodogram: tuple) -> None:
     recovered = injected is not None and period is not None and abs(period - injected) <= tolerance * injected
     result = {key: _finite(value) if not isinstance(value, (int, str, bool)) else value for key, value in found.items()}
     result.update(outcome="PASS" if recovered else "FAIL", injected_period=injected, period_tolerance=tolerance)
+    if curve.metadata.get("planet_injected") and curve.metadata.get("planet_radius") is not None:
+        result["injected_planet_radius"] = float(curve.metadata["planet_radius"])  # Jupiter radii
     for key, value in result.items():
         ctx.set_metadata(key, value)
     ctx.log("best period %s d (injected %s d): %s" % (period, injected, result["outcome"]))
