@@ -15,7 +15,7 @@ import os
 import shutil
 
 from eas_controller import products
-from eas_controller.chains import (CONTROL_TYPES, DO_WHILE, ChainError, evaluate_late_fields, expand_chain,
+from eas_controller.chains import (DO_WHILE, ChainError, evaluate_late_fields, expand_chain,
                                    expand_control_task, read_chain_text)
 from eas_controller.registry import TaskType
 from eas_controller.worker.completion import inspect_outputs
@@ -52,7 +52,8 @@ def _cfg_value(text: str):
 
 def read_task_file(path: str) -> tuple[dict, str]:
     """A chain (``task_list``), a single task (``task``) in JSON, or the seed's ``.cfg`` test file
-    (sections ``[task]``, ``[inputs]``, ``[outputs]``, ``[specs]`` ...); returns (chain, source)."""
+    (sections ``[task]``, ``[inputs]``, ``[outputs]``, ``[specs]`` ...); returns (chain, source, files), where
+    ``files`` maps input names to the local files they are copied from."""
     try:
         with open(path) as handle:
             text = handle.read()
@@ -73,21 +74,28 @@ def read_task_file(path: str) -> tuple[dict, str]:
             if section != "task":
                 task[section] = {key: _cfg_value(value) for key, value in parser[section].items()}
         task = {"task": task.pop("task", "null"), **task}
-        return {"job_name": "standalone", "task_list": [task]}, path
+        # As in the seed, an input is a path (relative to the .cfg file's folder) brought in under its base name.
+        files = {}
+        for semantic, given in dict(task.get("inputs") or {}).items():
+            name = os.path.basename(str(given))
+            files[name] = os.path.join(os.path.dirname(os.path.abspath(path)), str(given))
+            task["inputs"][semantic] = name
+        return {"job_name": "standalone", "task_list": [task]}, path, files
     chain = read_chain_text(text, path)
     if "task_list" not in chain and "task" in chain:
         chain = {"job_name": chain.get("job_name", "standalone"), "task_list": [chain]}
-    return chain, path
+    return chain, path, {}
 
 
 class StandaloneRun:
     """The in-memory stand-in for the database: tasks, their states, metadata and products."""
 
-    def __init__(self, registry: dict[str, TaskType], data_dir: str, search_dirs: list[str], verbose: bool = False):
+    def __init__(self, registry: dict[str, TaskType], data_dir: str, search_dirs: list[str],
+                 files: dict[str, str] | None = None):
         self.registry = registry
+        self.files = files or {}
         self.data_dir = os.path.abspath(data_dir)
         self.search_dirs = search_dirs
-        self.verbose = verbose
         self.items: list[Item] = []
         self.by_node: dict[int, Item] = {}
         self.by_id: dict[int, Item] = {}
@@ -211,8 +219,9 @@ class StandaloneRun:
         target = products.product_path(self.data_dir, relative)
         if os.path.exists(target):
             return
-        for folder in self.search_dirs:
-            candidate = os.path.join(folder, relative)
+        candidates = [self.files[relative]] if relative in self.files else []
+        candidates += [os.path.join(folder, relative) for folder in self.search_dirs]
+        for candidate in candidates:
             if os.path.isfile(candidate):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(candidate, target)
@@ -278,10 +287,6 @@ class StandaloneRun:
                      task_name=item.node.name, task_type=item.node.task_type, state=item.state, error=item.error,
                      metadata=item.metadata, outputs=item.outputs)
                 for item in self.items if not item.node.is_control or item.state == FAILED]
-
-
-def is_control(task_type: str) -> bool:
-    return task_type in CONTROL_TYPES
 
 
 __all__ = ["StandaloneRun", "read_task_file", "Outcome"]

@@ -49,11 +49,11 @@ def launch_standalone(args) -> int:
         raise cli.CommandError("--task %s: no such file" % args.task)
     settings = cli.settings_from(args)
     registry = read_registries(list(settings.task_type_files) + args.task_types)
-    chain, source = read_task_file(args.task)
+    chain, source, files = read_task_file(args.task)
     plan = expand_chain(chain, source, registry.keys())
     data_dir = os.path.abspath(args.data_dir or "eas_standalone")
     search = [os.path.dirname(os.path.abspath(args.task)), os.getcwd()]
-    run = StandaloneRun(registry, data_dir, search)
+    run = StandaloneRun(registry, data_dir, search, files)
     run.add_plan(plan)
 
     def report(item) -> None:
