@@ -15,7 +15,7 @@ import os
 import shutil
 
 from eas_controller import products
-from eas_controller.chains import (DO_WHILE, ChainError, evaluate_late_fields, expand_chain,
+from eas_controller.chains import (DO_WHILE, ChainError, evaluate_late_fields,
                                    expand_control_task, read_chain_text)
 from eas_controller.registry import TaskType
 from eas_controller.worker.completion import inspect_outputs
