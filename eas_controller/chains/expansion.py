@@ -17,6 +17,7 @@ from eas_controller import expressions
 from eas_controller.chains.loops import loop_values
 from eas_controller.chains.model import (
     CHAIN,
+    RANDOM_SEED_FIELD,
     CONDITIONAL,
     DO_WHILE,
     EARLY_FIELDS,
@@ -26,6 +27,7 @@ from eas_controller.chains.model import (
     ChainError,
     Context,
     Node,
+    json_type,
 )
 from eas_controller.chains.paths import check_length, normalised_directory, relative_path
 from eas_controller.expressions import ExpressionError
@@ -50,9 +52,11 @@ class Expander:
             text += " (with %s)" % ", ".join("%s=%s" % (k, _short(v)) for k, v in sorted(loop_values_.items()))
         return text
 
-    def evaluate(self, value: Any, context: Context, where: str, field: str) -> Any:
+    def evaluate(self, value: Any, context: Context, where: str, field: str, path: str = "") -> Any:
+        """Evaluate one field; ``path`` (the task's chain path) scopes its ``random`` draws."""
         try:
-            return expressions.evaluate_value(value, context.metadata, context.requested_metadata)
+            return expressions.evaluate_value(value, context.metadata, context.requested_metadata,
+                                              random_streams(context, "%s#%s" % (path, field)))
         except ExpressionError as error:
             if error.field is None:
                 raise ChainError("%s: field '%s': %s" % (where, field, error)) from None
@@ -82,26 +86,29 @@ class Expander:
 
     def expand_task(self, item: dict, context: Context, path: str, siblings: dict[str, Node]) -> Node:
         where = self.where(path, context)
-        task_type = self.check_type(self.evaluate(item["task"], context, where, "task"), where)
-        name = self.evaluate(item.get("name"), context, where, "name")
+        task_type = self.check_type(self.evaluate(item["task"], context, where, "task", path), where)
+        name = self.evaluate(item.get("name"), context, where, "name", path)
         if name is not None and not isinstance(name, str):
             name = str(name)
         if name is not None and name in siblings:
             raise ChainError("%s: duplicate task name %r among its siblings (%s has it too)"
                              % (where, name, siblings[name].chain_path))
-        job_name = self.evaluate(item.get("job_name", context.job_name), context, where, "job_name")
+        job_name = self.evaluate(item.get("job_name", context.job_name), context, where, "job_name", path)
         working_directory = self.evaluate(item.get("working_directory", context.working_directory), context, where,
-                                          "working_directory")
+                                          "working_directory", path)
         if not isinstance(working_directory, str):
             raise ChainError("%s: field 'working_directory' must be a string, not %r" % (where, working_directory))
         working_directory = normalised_directory(working_directory, where)
         for field, value in (("name", name), ("job_name", job_name), ("working_directory", working_directory)):
             check_length(value, field, where)
-        priority = self.evaluate(item.get("priority", context.priority), context, where, "priority")
+        priority = self.evaluate(item.get("priority", context.priority), context, where, "priority", path)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ChainError("%s: field 'priority' must be a whole number, not %r" % (where, priority))
+        if not -2**31 <= priority < 2**31:
+            raise ChainError("%s: field 'priority' must be between %d and %d, not %d" % (where, -2**31, 2**31 - 1,
+                                                                                       priority))
 
-        metadata_from = self.metadata_sources(item, siblings, where)
+        metadata_from = self.metadata_sources(item, context, siblings, where, path)
         node = Node(
             index=len(self.nodes), chain_path=path, task_type=task_type, is_control=task_type in CONTROL_TYPES,
             name=name, job_name=str(job_name), working_directory=working_directory, description={},
@@ -119,12 +126,18 @@ class Expander:
             self.prepare_leaf(node, item, context, where)
         return node
 
-    def metadata_sources(self, item: dict, siblings: dict[str, Node], where: str) -> list[Node]:
+    def metadata_sources(self, item: dict, context: Context, siblings: dict[str, Node], where: str,
+                         path: str = "") -> list[Node]:
         names = item.get("requires_metadata_from", [])
         if isinstance(names, str):
             names = [names]
         sources = []
-        for name in names:
+        for position, name in enumerate(names):
+            if expressions.is_expression(name):  # names are evaluated like any value
+                name = self.evaluate(name, context, where, "requires_metadata_from[%d]" % position, path)
+                if not isinstance(name, str):
+                    raise ChainError("%s: field 'requires_metadata_from[%d]' must give a task name (a string), not %s"
+                                     % (where, position, json_type(name)))
             if name not in siblings:  # a computed sibling name that did not come out as expected
                 raise ChainError(
                     "%s: field 'requires_metadata_from' names %r, which is not an earlier sibling (earlier "
@@ -142,12 +155,15 @@ class Expander:
             description = dict(item)
             for field in EARLY_FIELDS:
                 if field in item:
-                    description[field] = self.evaluate(item[field], context, where, field)
+                    description[field] = self.evaluate(item[field], context, where, field, node.chain_path)
+            if context.random_seed is not None:  # read (and dropped) at promotion
+                description[RANDOM_SEED_FIELD] = [context.random_seed, node.chain_path]
             node.needs_evaluation = True
         else:
             try:
                 description = expressions.evaluate_fields(item, context.metadata, context.requested_metadata,
-                                                          skip=LATE_FIELDS)
+                                                          skip=LATE_FIELDS,
+                                                          random_streams=random_streams(context, node.chain_path))
             except ExpressionError as error:
                 raise ChainError("%s: %s" % (where, error)) from None
         description["task"] = node.task_type
@@ -179,6 +195,8 @@ class Expander:
     def expand_control(self, node: Node, item: dict, context: Context, path: str, where: str) -> None:
         """Expand now what can be expanded now; leave the rest (deferred) for the scheduler."""
         node.description = dict(item)
+        if context.random_seed is not None:
+            node.description[RANDOM_SEED_FIELD] = context.random_seed  # for the passes expanded at run time
         if node.metadata_from:
             # Its fields may read its sources' metadata, and its children must not start before those
             # sources finish: the children are created when the scheduler starts it.
@@ -191,8 +209,8 @@ class Expander:
         if node.task_type == CHAIN:
             node.children = self.expand_list(item["task_list"], context, path)
         elif node.task_type == FOR_LOOP:
-            settings = self.evaluate({k: v for k, v in item.items() if k in LOOP_FORMS}, context, where, "loop")
-            parameter = item["parameter"]
+            settings = self.evaluate({k: v for k, v in item.items() if k in LOOP_FORMS}, context, where, "loop", path)
+            parameter = self.name_field(item, "parameter", context, where, path)
             values = loop_values(settings, where)
             node.description = dict(item, loop_values=values)
             for index, value in enumerate(values):
@@ -201,15 +219,16 @@ class Expander:
                 node.children.extend(self.expand_list(item["task_list"], iteration,
                                                       "%s{%s_index=%d}" % (path, parameter, index)))
         elif node.task_type == CONDITIONAL:
-            criterion = self.evaluate(item["criterion"], context, where, "criterion")
+            criterion = self.evaluate(item["criterion"], context, where, "criterion", path)
             node.description = dict(item, criterion_value=bool(criterion))
             field = "task_list" if criterion else "else_task_list"
             node.children = self.expand_list(item.get(field, []), context, path, field)
         elif node.task_type == DO_WHILE:
-            metadata = dict(context.metadata, **{item["iteration_name"] + "_index": pass_number})
+            iteration_name = self.name_field(item, "iteration_name", context, where, path)
+            metadata = dict(context.metadata, **{iteration_name + "_index": pass_number})
             iteration = dataclasses.replace(context, metadata=metadata)
             node.children = self.expand_list(
-                item["task_list"], iteration, "%s{%s_index=%d}" % (path, item["iteration_name"], pass_number)
+                item["task_list"], iteration, "%s{%s_index=%d}" % (path, iteration_name, pass_number)
             )
             if node.index >= 0:
                 # Readers outside the loop wait for the whole loop: a later pass may rewrite the file.
@@ -219,6 +238,15 @@ class Expander:
                     for produced in child.deferred_outputs:
                         self.loop_producers.setdefault(produced, node)
         node.expanded = True
+
+    def name_field(self, item: dict, field: str, context: Context, where: str, path: str) -> str:
+        """A loop's ``parameter`` or ``iteration_name``: a name, or an expression that gives one."""
+        name = self.evaluate(item[field], context, where, field, path)
+        if not isinstance(name, str) or not name:
+            raise ChainError("%s: field '%s' must give a name (a non-empty string), not %s"
+                             % (where, field, json.dumps(name)))
+        check_length(name, field, where)
+        return name
 
     def descendants(self, node: Node) -> list[Node]:
         result = []
@@ -287,6 +315,13 @@ class Expander:
                 described.append("%s%s" % (node.chain_path or "<chain>", " (reads %s)" % ", ".join(why) if why else ""))
             raise ChainError("%s: dependency cycle: these tasks wait for each other: %s"
                              % (self.source, " -> ".join(described)))
+
+
+def random_streams(context: Context, scope: str) -> expressions.RandomStreams | None:
+    """The generators of ``random`` for one task (or one field of it): seeded by the chain's random_seed."""
+    if context.random_seed is None:
+        return None
+    return expressions.RandomStreams(context.random_seed, scope)
 
 
 def _find_cycle(edges: dict[int, set[int]], stuck: set[int]) -> list[int]:

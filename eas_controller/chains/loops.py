@@ -27,10 +27,10 @@ def loop_values(description: dict, where: str) -> list:
         raise ChainError("%s: field '%s' must be [start, end, count], not %s" % (where, form, json.dumps(spec)))
     start, end, count = spec
     for label, value in (("start", start), ("end", end)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ChainError("%s: field '%s': %s must be a number, not %r" % (where, form, label, value))
-    if isinstance(count, bool) or not isinstance(count, (int, float)) or int(count) != count:
-        raise ChainError("%s: field '%s': count must be a whole number, not %r" % (where, form, count))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise ChainError("%s: field '%s': %s must be a number, not %s" % (where, form, label, _shown(value)))
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or not _finite(count) or int(count) != count:
+        raise ChainError("%s: field '%s': count must be a whole number, not %s" % (where, form, _shown(count)))
     count = int(count)
     if count < 1:
         raise ChainError("%s: field '%s': count must be at least 1, not %d" % (where, form, count))
@@ -38,10 +38,35 @@ def loop_values(description: dict, where: str) -> list:
         raise ChainError("%s: field '%s': count must be at most %d" % (where, form, MAX_LOOP_VALUES))
     if form == "log_range" and (start <= 0 or end <= 0):
         raise ChainError("%s: field 'log_range': start and end must be positive, not %r and %r" % (where, start, end))
+    # The PLATO pipeline computed ranges with numpy.linspace and numpy.logspace; these are the same float
+    # operations in the same order, so a chain copied from it gets the very same values.
+    if form == "linear_range":
+        values = _linspace(float(start), float(end), count)
+    else:
+        values = [10.0 ** exponent for exponent in _linspace(math.log10(start), math.log10(end), count)]
+    if not all(math.isfinite(value) for value in values):
+        raise ChainError("%s: field '%s': the range %s to %s in %d steps gives numbers too large to store"
+                         % (where, form, _shown(start), _shown(end), count))
+    return values
+
+
+def _linspace(start: float, end: float, count: int) -> list[float]:
+    """numpy.linspace(start, end, count): ``i * step + start``, the last value exactly ``end``."""
     if count == 1:
         return [start]
-    if form == "linear_range":
-        step = (end - start) / (count - 1)
-        return [start + step * i for i in range(count - 1)] + [end]
-    ratio = math.log(end / start) / (count - 1)
-    return [start * math.exp(ratio * i) for i in range(count - 1)] + [end]
+    step = (end - start) / (count - 1)
+    if step == 0:
+        return [start] * count
+    return [i * step + start for i in range(count - 1)] + [end]
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

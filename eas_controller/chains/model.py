@@ -7,7 +7,19 @@ step agrees on which fields a task may carry and which are evaluated when.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
+
+_NOT_ON_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(text: str, limit: int = 4000) -> str:
+    """``text`` as one printable line: control characters, line separators and lone surrogates escaped."""
+    text = _NOT_ON_ONE_LINE.sub(lambda match: match.group().encode("unicode_escape", "backslashreplace")
+                                .decode("ascii") if ord(match.group()) < 0xd800 else "\\u%04x" % ord(match.group()),
+                                text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 CHAIN = "execution_chain"
 FOR_LOOP = "execution_for_loop"
@@ -19,7 +31,9 @@ LATE_FIELDS = ("task_list", "else_task_list", "repeat_criterion")
 #: fields that must be known when the task is created (dependencies are inferred from them)
 EARLY_FIELDS = ("task", "name", "inputs", "outputs", "job_name", "working_directory", "priority",
                 "requires_metadata_from")
-CHAIN_KEYS = {"job_name", "working_directory", "task_list", "priority", "comment"}
+CHAIN_KEYS = {"job_name", "working_directory", "task_list", "priority", "comment", "random_seed"}
+#: where a control task (or a leaf evaluated late) keeps the chain's random_seed for run-time evaluation
+RANDOM_SEED_FIELD = "eas_random_seed"
 #: fields every task may have
 COMMON_KEYS = {"task", "name", "job_name", "working_directory", "requires_metadata_from", "priority", "comment"}
 #: the fields each control-flow type accepts besides the common ones
@@ -35,7 +49,13 @@ DEFAULT_MAX_ITERATIONS = 1000
 
 
 class ChainError(ValueError):
-    """A chain cannot be submitted or expanded; the message names the file, the task path and the field."""
+    """A chain cannot be submitted or expanded; the message names the file, the task path and the field.
+
+    Its text is always one printable line, whatever the chain's strings hold.
+    """
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 @dataclasses.dataclass
@@ -96,6 +116,7 @@ class Context:
     priority: int
     parent: Node | None
     parent_task_id: int | None
+    random_seed: Any = None  # the chain's random_seed: None draws fresh numbers
 
 
 

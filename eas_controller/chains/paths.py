@@ -6,6 +6,7 @@ import posixpath
 from typing import Any
 
 from eas_controller.chains.model import ChainError
+from eas_controller.chains.storable import check_text
 
 
 def relative_path(working_directory: str, filename: Any, where: str, field: str) -> str:
@@ -25,6 +26,8 @@ MAX_LENGTHS = {"name": 255, "job_name": 255, "working_directory": 512, "path": 7
 
 
 def check_length(value: Any, field: str, where: str) -> None:
+    """A value stored in a column of its own: short enough for the column, and text every back end stores."""
+    check_text(value, field, where)
     kind = ("semantic" if "semantic type" in field else "path" if field.startswith(("inputs.", "outputs."))
             else field)
     limit = MAX_LENGTHS.get(kind)

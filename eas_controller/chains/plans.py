@@ -6,18 +6,20 @@ import posixpath
 from typing import Iterable
 
 from eas_controller import expressions
-from eas_controller.chains.expansion import Expander
+from eas_controller.chains.expansion import Expander, random_streams
 from eas_controller.chains.model import (
     CHAIN,
     DEFAULT_MAX_ITERATIONS,
     DO_WHILE,
     EARLY_FIELDS,
     LATE_FIELDS,
+    RANDOM_SEED_FIELD,
     ChainError,
     Context,
     Node,
     Plan,
 )
+from eas_controller.chains.storable import check_stored_sizes
 from eas_controller.chains.validation import validate_chain
 from eas_controller.expressions import ExpressionError
 
@@ -37,10 +39,11 @@ def expand_chain(chain: dict, source: str, known_types: Iterable[str], job_name:
                  "working_directory": working_directory}
     if "priority" in chain:
         root_item["priority"] = chain["priority"]
-    context = Context(name, working_directory, {}, {}, 0, None, None)
+    context = Context(name, working_directory, {}, {}, 0, None, None, chain.get("random_seed"))
     expander.expand_task(root_item, context, "", {})
     expander.resolve_files()
     expander.check_cycles()
+    check_stored_sizes(expander.nodes, source)
     return Plan(job_name=name, source=source, nodes=expander.nodes)
 
 
@@ -60,7 +63,7 @@ def expand_control_task(
     expander = Expander(known_types, source)
     context = Context(
         task["job_name"], task["working_directory"], dict(task["metadata"]), dict(requested_metadata), task["priority"],
-        None, task["id"],
+        None, task["id"], description.get(RANDOM_SEED_FIELD),
     )
     node = Node(
         index=-1, chain_path=task["chain_path"], task_type=task["task_type"], is_control=True, name=None,
@@ -70,11 +73,12 @@ def expand_control_task(
     where = expander.where(task["chain_path"], context)
     expansions = task["expansions"]
     if task["task_type"] == DO_WHILE and expansions >= 1:
-        iteration_name = description["iteration_name"]
+        iteration_name = expander.name_field(description, "iteration_name", context, where, task["chain_path"])
         metadata = dict(context.metadata, **{iteration_name + "_index": expansions})
         try:
             repeat = expressions.evaluate_value(
-                description["repeat_criterion"], metadata, dict(requested_metadata, **(child_requested or {}))
+                description["repeat_criterion"], metadata, dict(requested_metadata, **(child_requested or {})),
+                random_streams(context, "%s#repeat_criterion{%d}" % (task["chain_path"], expansions)),
             )
         except ExpressionError as error:
             raise ChainError("%s: field 'repeat_criterion' after pass %d: %s" % (where, expansions, error)) from None
@@ -92,16 +96,24 @@ def expand_control_task(
         expander.expand_children(node, context, task["chain_path"], where, pass_number=1)
     expander.resolve_files()
     expander.check_cycles()
+    check_stored_sizes(expander.nodes, source)
     return Plan(task["job_name"], source, expander.nodes), task["task_type"] != DO_WHILE
 
 
 def evaluate_late_fields(description: dict, metadata: dict, requested_metadata: dict, where: str) -> dict:
     """Evaluate a leaf's remaining fields once the metadata it requested exists (called at promotion).
 
-    The early fields (file names, names) were evaluated at expansion and are kept as they are.
+    The early fields (file names, names) were evaluated at expansion and are kept as they are. A chain with a
+    ``random_seed`` left it (and the task's chain path) in the description for this moment: the draws are
+    the ones the task would have had at submission.
     """
+    description = dict(description)
+    seeded = description.pop(RANDOM_SEED_FIELD, None)
+    streams = None
+    if isinstance(seeded, list) and len(seeded) == 2:
+        streams = expressions.RandomStreams(seeded[0], seeded[1])
     try:
         return expressions.evaluate_fields(description, metadata, requested_metadata,
-                                           skip=LATE_FIELDS + EARLY_FIELDS)
+                                           skip=LATE_FIELDS + EARLY_FIELDS, random_streams=streams)
     except ExpressionError as error:
         raise ChainError("%s: %s" % (where, error)) from None

@@ -15,6 +15,10 @@ def read_chain_text(text: str, source: str) -> dict:
         raise ChainError(
             "%s: not valid JSON at line %d, column %d: %s" % (source, error.lineno, error.colno, error.msg)
         ) from None
+    except RecursionError:
+        raise ChainError("%s: the JSON nests lists and objects too deeply to read" % source) from None
+    except ValueError as error:  # e.g. a number of more digits than Python converts
+        raise ChainError("%s: not valid JSON: %s" % (source, error)) from None
     if not isinstance(chain, dict):
         raise ChainError("%s: a task chain must be a JSON object with a 'task_list', not %s"
                          % (source, json_type(chain)))

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 
 from eas_controller import expressions
 from eas_controller.chains.loops import loop_values
+from eas_controller.chains.storable import check_values
 from eas_controller.chains.model import (
     CHAIN,
     CHAIN_KEYS,
@@ -59,11 +60,16 @@ def _expression_texts(value: Any) -> Iterator[str]:
         if expressions.is_expression(value):
             yield value
     elif isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():  # keys are evaluated like values
+            yield from _expression_texts(key)
             yield from _expression_texts(item)
     elif isinstance(value, list):
         for item in value:
             yield from _expression_texts(item)
+
+
+#: stands in the scope of a task for a requires_metadata_from name that is an expression
+COMPUTED_SOURCE = object()
 
 
 class Validator:
@@ -130,7 +136,7 @@ class Validator:
             if field in item and not isinstance(item[field], str):
                 self.fail(path, "field '%s' must be a string, not %s" % (field, json_type(item[field])))
         own = self.metadata_sources(item, path, sibling_positions, position, computed_names_before)
-        in_scope = sources | frozenset(own)
+        in_scope = sources | frozenset(COMPUTED_SOURCE if expressions.is_expression(n) else n for n in own)
         if task_type in CONTROL_TYPES:
             self.control(item, path, task_type, in_scope)
         else:
@@ -156,6 +162,8 @@ class Validator:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             self.fail(path, "field 'requires_metadata_from' must be a list of names of earlier siblings")
         for name in names:
+            if expressions.is_expression(name):
+                continue  # evaluated at expansion, then checked like a plain name
             if name not in sibling_positions and computed_names_before:
                 continue  # an earlier sibling's name is an expression: checked once it is evaluated
             if name not in sibling_positions:
@@ -170,6 +178,8 @@ class Validator:
         return names
 
     def requested_usage(self, fields: dict, path: str, sources: frozenset) -> None:
+        if COMPUTED_SOURCE in sources:
+            return  # a source's name is an expression: which names are in scope is known only at expansion
         for field, value in fields.items():
             keys, dynamic = _requested_keys(value)
             if (keys or dynamic) and not sources:
@@ -251,6 +261,7 @@ def validate_chain(chain: Any, source: str, known_types: Iterable[str]) -> None:
     """Raise :class:`ChainError` for the first structural problem anywhere in the chain."""
     if not isinstance(chain, dict):
         raise ChainError("%s: a task chain must be a JSON object with a 'task_list', not %s" % (source, json_type(chain)))
+    check_values(chain, source)
     unknown = sorted(set(chain) - CHAIN_KEYS)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(CHAIN_KEYS), n=1)
@@ -262,4 +273,9 @@ def validate_chain(chain: Any, source: str, known_types: Iterable[str]) -> None:
     for field in ("job_name", "working_directory"):
         if field in chain and not isinstance(chain[field], str):
             raise ChainError("%s: field '%s' must be a string, not %s" % (source, field, json_type(chain[field])))
+    seed = chain.get("random_seed")
+    if "random_seed" in chain and (isinstance(seed, bool) or not isinstance(seed, (int, str))
+                                   or (isinstance(seed, str) and not 0 < len(seed) <= 255)):
+        raise ChainError("%s: field 'random_seed' must be a whole number or a string of 1 to 255 characters, not %s"
+                         % (source, json_type(seed) if not isinstance(seed, str) else "%d characters" % len(seed)))
     Validator(known_types, source).task_list(chain["task_list"], "", "task_list", frozenset())

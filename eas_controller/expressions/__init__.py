@@ -52,9 +52,10 @@ from eas_controller.expressions.limits import (
     MAX_STRING_LENGTH,
     MAX_VALUE_SIZE,
 )
+from eas_controller.expressions.randomness import RandomStreams
 
 __all__ = [
     "DEFAULT_SKIPPED_FIELDS", "MAX_EXPRESSION_LENGTH", "MAX_FORMAT_WIDTH", "MAX_INT_BITS", "MAX_RANGE_LENGTH",
-    "MAX_ROUND_DIGITS", "MAX_STRING_LENGTH", "MAX_VALUE_SIZE", "ExpressionError", "evaluate", "evaluate_fields",
+    "MAX_ROUND_DIGITS", "MAX_STRING_LENGTH", "MAX_VALUE_SIZE", "ExpressionError", "RandomStreams", "evaluate", "evaluate_fields",
     "evaluate_value", "is_expression", "math_namespace", "uses_requested_metadata",
 ]

@@ -83,7 +83,7 @@ def get_attribute(obj, name):
         try:
             return obj[name]
         except KeyError:
-            label = "constants" if isinstance(obj, Constants) else repr(obj).strip("<>")
+            label = obj.table_name if isinstance(obj, Constants) else repr(obj).strip("<>")
             raise Refused(f"{label} has no entry {name!r}") from None
     kind = type(obj)
     if name not in ALLOWED_METHODS.get(kind, ()):

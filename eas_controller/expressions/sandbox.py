@@ -13,7 +13,7 @@ from simpleeval import (
     safe_rshift,
 )
 
-from eas_controller.constants import constants
+from eas_controller.constants import Constants, constants, constants_si
 from eas_controller.expressions.access import (
     BARE_MATH_FUNCTIONS,
     check_format_spec,
@@ -126,6 +126,7 @@ BASE_NAMES = {
     "False": False,
     "None": None,
     "constants": constants,
+    "constants_si": constants_si,
     "math": math_namespace,
     "pi": math.pi,
     "e": math.e,
@@ -293,6 +294,7 @@ def to_plain(value):
                 raise Refused(f"dict key of type {type(key).__name__} is not a plain value")
             plain[key] = to_plain(item)
         return plain
-    if value is constants:
-        raise Refused("'constants' itself is not a value; use constants.NAME or dict(constants)")
+    if isinstance(value, Constants):
+        name = value.table_name
+        raise Refused(f"'{name}' itself is not a value; use {name}.NAME or dict({name})")
     raise Refused(f"result of type {type(value).__name__} is not a plain value")
