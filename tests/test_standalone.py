@@ -74,7 +74,7 @@ def test_chain_with_conditional_runs_the_branch_its_search_chose(tmp_path):
 def test_seed_cfg_test_file(tmp_path):
     config = tmp_path / "test_verify.cfg"
     config.write_text("[task]\ntask = verify\njob_name = testing\n\n[inputs]\nlightcurve = %s\n"
-                      % os.path.join(STANDALONE, "data", "superearth_10min.gz"))
+                      % os.path.join(STANDALONE, "inputs", "superearth_10min.gz"))
     report = run_json(tmp_path, str(config))
     metadata = report["tasks"][0]["metadata"]
     assert metadata["verification"] is True

@@ -14,10 +14,13 @@ exists: it fails at once, saying so, rather than pretend.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
+import os
 import tarfile
+import tempfile
 
 import numpy as np
 
@@ -95,6 +98,35 @@ def _write_debugging(path: str, result: dict, periodogram: tuple) -> None:
             archive.addfile(member, io.BytesIO(data))
 
 
+_compiled_here = False
+
+
+def _first_call_locked(call):
+    """TLS compiles its numba kernels on first use and caches them beside the package; two processes doing
+    that at once (two workers starting together) can leave a cache that crashes every later run with a
+    segmentation fault. So the first TLS call of each process holds an exclusive lock on that cache."""
+    global _compiled_here
+    if _compiled_here:
+        return call()
+    import transitleastsquares
+
+    folder = os.path.join(os.path.dirname(transitleastsquares.__file__), "__pycache__")
+    path = os.path.join(folder, "eas-compile.lock")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle = open(path, "a")
+    except OSError:  # a read-only installation: numba then caches elsewhere per user
+        handle = open(os.path.join(tempfile.gettempdir(), "eas-tls-compile.lock"), "a")
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            result = call()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    _compiled_here = True
+    return result
+
+
 def transit_search_tls(ctx) -> None:
     """Search with TLS; ``search_settings`` may also carry TLS's own speed and grid options
     (``oversampling_factor``, ``duration_grid_step``, ``T0_fit_margin`` ...)."""
@@ -108,7 +140,7 @@ def transit_search_tls(ctx) -> None:
     options = {key: float(value) if key != "n_transits_min" else int(value) for key, value in settings.items()}
     options.setdefault("period_max", float(curve.times[-1] - curve.times[0]) / 2)
     model = transitleastsquares(curve.times, curve.fluxes, verbose=False)
-    results = model.power(use_threads=max(1, ctx.cpus), show_progress_bar=False, **options)
+    results = _first_call_locked(lambda: model.power(use_threads=max(1, ctx.cpus), show_progress_bar=False, **options))
     transit_times = getattr(results, "transit_times", None)
     found = {
         "period": results.period, "depth": 1 - results.depth if _finite(results.depth) is not None else None,
