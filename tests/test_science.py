@@ -195,3 +195,21 @@ def test_every_demo_job_expands_with_the_shipped_types():
                 assert plan.worker_tasks, name
                 checked += 1
     assert checked >= 30
+
+
+def test_short_seed_jobs_run_with_the_shipped_types(tmp_path):
+    """Two short seed shapes end to end on the standalone runner: a conditional follow-up and a do-while that
+    repeats a search while it succeeds (every short job was run this way once; these two stay in the suite)."""
+    short = os.path.join(PROJECT_ROOT, "demo_jobs", "short", "feature_tests")
+    for name in ("if_then_else.json", "while_loop.json"):
+        report = run_json(tmp_path, os.path.join(short, name))
+        assert {task["state"] for task in report["tasks"]} == {"succeeded"}, name
+        searches = [task for task in report["tasks"] if task["task_type"].startswith("transit_search_")]
+        assert searches and all(task["metadata"]["outcome"] in ("PASS", "FAIL") for task in searches)
+        if name == "if_then_else.json":  # sizes 1/8, 1, 8 Earth radii: each took exactly one branch
+            outcomes = [task["metadata"]["outcome"] for task in searches]
+            branches = [task["task_name"] for task in report["tasks"] if task["task_type"] == "null"]
+            assert len(branches) == outcomes.count("PASS") + 3 * outcomes.count("FAIL") and "PASS" in outcomes
+        if name == "while_loop.json":  # a search that succeeds is repeated, up to 3 passes
+            passes = [task for task in searches if task["metadata"]["outcome"] == "PASS"]
+            assert len(searches) > 3 and passes
