@@ -181,20 +181,43 @@ def test_qats_is_refused_plainly_on_a_worker(eas_sqlite, tmp_path):
 
 
 def test_every_demo_job_expands_with_the_shipped_types():
-    """Full-size and short demo jobs: every task type they name is shipped, every file has a producer."""
-    from eas_controller.chains import expand_chain
+    """Short demo jobs (and the main one) expand fully: every task type they name is shipped and every file
+    they read has a producer. A full-size job (up to 10^5 tasks) must pass validation and have a short twin of
+    the same shape (same loops and task types, fewer values)."""
+    from eas_controller.chains import expand_chain, validate_chain
     from eas_controller.registry import read_registries
 
     known = read_registries([]).keys()
+    root = os.path.join(PROJECT_ROOT, "demo_jobs")
+
+    def load(path):
+        with open(path) as handle:
+            return json.load(handle)
+
+    def shape(node):
+        if isinstance(node, dict):
+            return tuple((key, shape(value)) for key, value in sorted(node.items())
+                         if key in ("task", "parameter", "task_list", "else_task_list"))
+        if isinstance(node, list):
+            return tuple(shape(item) for item in node)
+        return node
+
     checked = 0
-    for folder, _dirs, names in os.walk(os.path.join(PROJECT_ROOT, "demo_jobs")):
+    for folder, _dirs, names in os.walk(root):
         for name in names:
-            if name.endswith(".json") and "standalone" not in folder:
-                with open(os.path.join(folder, name)) as handle:
-                    plan = expand_chain(json.load(handle), name, known)
-                assert plan.worker_tasks, name
-                checked += 1
-    assert checked >= 30
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            if not name.endswith(".json") or relative.startswith("standalone"):
+                continue
+            chain = load(path)
+            twin = os.path.join(root, "short", relative)
+            if not relative.startswith("short") and os.path.exists(twin):
+                validate_chain(chain, relative, known)
+                assert shape(chain) == shape(load(twin)), relative
+            else:
+                assert expand_chain(chain, relative, known).worker_tasks, relative
+            checked += 1
+    assert checked >= 39
 
 
 def test_short_seed_jobs_run_with_the_shipped_types(tmp_path):
