@@ -180,7 +180,15 @@ def environments(tmp_path_factory):
 def test_any_chain_is_accepted_or_refused_alike_on_every_back_end(environments, chain):
     results = [outcome(environment, chain) for environment in environments]
     event(results[0][0])
+    if draws_fresh_numbers(chain):
+        event("unseeded random: outcomes not compared")  # each submission draws its own numbers
+        return
     assert all(result == results[0] for result in results), dict(zip(SQL_BACKENDS, results))
+
+
+def draws_fresh_numbers(chain) -> bool:
+    """A chain without random_seed that may call random: two submissions need not agree."""
+    return not (isinstance(chain, dict) and "random_seed" in chain) and "random" in json.dumps(chain)
 
 
 @settings(FUZZ, max_examples=SCRIPT_EXAMPLES)
