@@ -24,6 +24,7 @@ MAX_DESCRIPTION_CHARS = 3_000_000
 MAX_METADATA_CHARS = 1_000_000
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 def check_text(value: Any, field: str, where: str) -> None:
     """A string stored in a column of its own (name, path, semantic type...) must be plain Unicode text."""
     if isinstance(value, str):
@@ -41,12 +42,17 @@ def check_values(chain: dict, source: str) -> None:
         if depth > MAX_NESTING:
             raise ChainError("%s: %s: field '%s' nests lists and objects more than %d deep"
                              % (source, task_path or "<chain>", field, MAX_NESTING))
+        if type(value) is str and _SURROGATE.search(value):
+            raise ChainError("%s: %s: field '%s' contains a lone surrogate (\\u%04x), which is not Unicode text"
+                             % (source, task_path or "<chain>", field, ord(_SURROGATE.search(value).group())))
         if type(value) is int and value.bit_length() > MAX_INT_BITS:
             raise ChainError("%s: %s: field '%s' holds a whole number of %d bits; at most %d are allowed"
                              % (source, task_path or "<chain>", field, value.bit_length(), MAX_INT_BITS))
         if isinstance(value, dict):
             is_task = field == "" or is_task_list
             for key, item in value.items():
+                if type(key) is str and _SURROGATE.search(key):
+                    pending.append((key, task_path, field or str(key), depth + 1, False))
                 if is_task:
                     item_field = str(key)
                     pending.append((item, task_path, item_field, depth + 1, key in ("task_list", "else_task_list")))
@@ -62,8 +68,12 @@ def check_values(chain: dict, source: str) -> None:
 
 
 def check_stored_sizes(nodes: list, source: str) -> None:
-    """Each task's description and metadata, as JSON, must fit a row on every back end."""
-    for node in nodes:
+    """Each task's description and metadata, as JSON, must fit a row on every back end.
+
+    Children are checked before their parents (whose descriptions hold them), so the message names the
+    task whose field is too large.
+    """
+    for node in reversed(nodes):
         for what, value, limit in (("description", node.description, MAX_DESCRIPTION_CHARS),
                                    ("inherited metadata", node.metadata, MAX_METADATA_CHARS)):
             size = len(json.dumps(value))

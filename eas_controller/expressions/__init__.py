@@ -9,15 +9,19 @@ below and a short list of safe operations.
 
 Rules:
 
-* A *string* value starting with ``(``, ``'`` or ``"`` is an expression;
-  any other string, and every non-string value, is a literal.
-* Names: ``constants``, ``metadata`` (dict), ``requested_metadata`` (dict of
+* A *string* value whose first non-blank character is ``(``, ``'`` or ``"``
+  is an expression; any other string, and every non-string value, is a
+  literal.  Dict keys are evaluated like values (as the PLATO pipeline did).
+* Names: ``constants`` (the PLATO pipeline's figures and units),
+  ``constants_si`` (SI), ``random`` (random, uniform, randint, gauss; see
+  :mod:`.randomness`), ``metadata`` (dict), ``requested_metadata`` (dict of
   dicts, keyed by task name), ``True``/``False``/``None``, the functions
   abs, min, max, round, int, float, str, len, range, sum, sorted, list,
   dict, tuple, set, bool, zip, enumerate, and ``math`` plus the bare names
   sqrt, log, log10, exp, sin, cos, tan, pi, e, floor, ceil, pow
   (``pow`` is ``math.pow``: float only).
-* Attribute access is limited to the entries of ``constants`` and ``math``
+* Attribute access is limited to the entries of ``constants``,
+  ``constants_si``, ``random`` and ``math``
   and to a whitelist of non-mutating methods of str, int, float, list,
   tuple and dict; names starting with ``_`` are always refused.
   ``str.format``/``format_map`` and the ``%`` operator are re-implemented so
@@ -28,7 +32,8 @@ Rules:
   obvious memory and CPU blow-ups; they are not a time limit.
 * Results are plain values (str, int, float, bool, None, list, dict);
   tuples, ranges and dict views become lists, and results are copies, never
-  the caller's metadata objects.  Anything else (a set, a function, the
+  the caller's metadata objects; strings hold no lone surrogates.  Anything
+  else (a set, a function, the
   ``constants`` object itself) is refused with ExpressionError; use
   ``constants.NAME`` or ``dict(constants)`` instead.
 """

@@ -3,6 +3,7 @@
 import ast
 import functools
 import math
+import re
 import threading
 from collections.abc import Mapping
 
@@ -278,12 +279,15 @@ def names_used(text):
 
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _LIST_LIKE = (list, tuple, range, type({}.keys()), type({}.values()), type({}.items()))
 
 
 def to_plain(value):
     """Copy the result into plain JSON-friendly values, or refuse it."""
     if type(value) in _PLAIN_SCALARS:
+        if type(value) is str and _SURROGATE.search(value):
+            raise Refused("the string holds a lone surrogate, which is not Unicode text")
         return value
     if isinstance(value, _LIST_LIKE):
         return [to_plain(item) for item in value]
