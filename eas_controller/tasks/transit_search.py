@@ -101,26 +101,31 @@ def _write_debugging(path: str, result: dict, periodogram: tuple) -> None:
 _compiled_here = False
 
 
-def _first_call_locked(call):
-    """TLS compiles its numba kernels on first use and caches them beside the package; two processes doing
-    that at once (two workers starting together) can leave a cache that crashes every later run with a
-    segmentation fault. So the first TLS call of each process holds an exclusive lock on that cache."""
+def _tls_locked(work):
+    """TLS compiles numba kernels (some at import, some on first use) and caches them beside the package;
+    two processes doing that at once (two workers starting together) can leave a cache that crashes every
+    later run with a segmentation fault. So each process imports TLS and makes its first search while
+    holding an exclusive lock on that cache; ``work(tls_class)`` is the search."""
     global _compiled_here
     if _compiled_here:
-        return call()
-    import transitleastsquares
+        from transitleastsquares import transitleastsquares
 
-    folder = os.path.join(os.path.dirname(transitleastsquares.__file__), "__pycache__")
-    path = os.path.join(folder, "eas-compile.lock")
+        return work(transitleastsquares)
+    import importlib.util
+
+    spec = importlib.util.find_spec("transitleastsquares")
+    folder = os.path.join(os.path.dirname(spec.origin), "__pycache__")
     try:
         os.makedirs(folder, exist_ok=True)
-        handle = open(path, "a")
+        handle = open(os.path.join(folder, "eas-compile.lock"), "a")
     except OSError:  # a read-only installation: numba then caches elsewhere per user
         handle = open(os.path.join(tempfile.gettempdir(), "eas-tls-compile.lock"), "a")
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            result = call()
+            from transitleastsquares import transitleastsquares
+
+            result = work(transitleastsquares)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
     _compiled_here = True
@@ -130,8 +135,6 @@ def _first_call_locked(call):
 def transit_search_tls(ctx) -> None:
     """Search with TLS; ``search_settings`` may also carry TLS's own speed and grid options
     (``oversampling_factor``, ``duration_grid_step``, ``T0_fit_margin`` ...)."""
-    from transitleastsquares import transitleastsquares
-
     settings = _search_settings(ctx)
     unknown = sorted(set(settings) - set(_TLS_OPTIONS))
     if unknown:
@@ -139,8 +142,8 @@ def transit_search_tls(ctx) -> None:
     curve = _prepared_curve(ctx)
     options = {key: float(value) if key != "n_transits_min" else int(value) for key, value in settings.items()}
     options.setdefault("period_max", float(curve.times[-1] - curve.times[0]) / 2)
-    model = transitleastsquares(curve.times, curve.fluxes, verbose=False)
-    results = _first_call_locked(lambda: model.power(use_threads=max(1, ctx.cpus), show_progress_bar=False, **options))
+    results = _tls_locked(lambda tls: tls(curve.times, curve.fluxes, verbose=False).power(
+        use_threads=max(1, ctx.cpus), show_progress_bar=False, **options))
     transit_times = getattr(results, "transit_times", None)
     found = {
         "period": results.period, "depth": 1 - results.depth if _finite(results.depth) is not None else None,
