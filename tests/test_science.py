@@ -75,7 +75,8 @@ def test_tls_and_bls_recover_a_three_earth_radius_planet_and_fail_on_a_flat_curv
     search = {"lc_duration": 10}
     tasks = run_chain(tmp_path, [
         {"task": "synthesis_batman", "outputs": {"lightcurve": "planet.gz"}, "specs": dict(PLANET, **noise)},
-        {"task": "synthesis_batman", "outputs": {"lightcurve": "flat.gz"}, "specs": dict(PLANET, planet_radius=0, **noise)},
+        {"task": "synthesis_psls", "outputs": {"lightcurve": "flat.gz"},  # a star with no planet, fixed noise
+         "specs": {"enable_transits": 0, "duration": 10, "sampling_cadence": 600, "master_seed": 5}},
         {"task": "transit_search_tls", "name": "tls", "inputs": {"lightcurve": "planet.gz"},
          "search_settings": TLS_FAST, **search},
         {"task": "transit_search_tls", "name": "tls_flat", "inputs": {"lightcurve": "flat.gz"}, "injected_period": 2.5,
