@@ -61,7 +61,7 @@ def write(path: str, curve: LightCurve) -> None:
     """Write ``curve`` to ``path`` (gzipped if the name ends in .gz)."""
     table = np.column_stack([curve.times * 86400, curve.fluxes, curve.flags, curve.uncertainties])
     with _opener(path)(path, "wt") as handle:
-        handle.write(METADATA_PREFIX + json.dumps(_plain(curve.metadata), sort_keys=True) + "\n")
+        handle.write(METADATA_PREFIX + json.dumps(plain(curve.metadata), sort_keys=True) + "\n")
         np.savetxt(handle, table, fmt="%.3f %.10f %d %.4e")
 
 
@@ -82,8 +82,7 @@ def read(path: str) -> LightCurve:
     width = min(len(row) for row in rows)
     if width < 2:
         raise ValueError("%s: each line needs at least time and flux" % path)
-    table = np.array([row[:4] for row in rows], dtype=float) if width >= 4 else np.array(
-        [row[:width] for row in rows], dtype=float)
+    table = np.array([row[:min(width, 4)] for row in rows], dtype=float)
     columns = table.shape[1]
     return LightCurve.make(
         table[:, 0] / 86400, table[:, 1],
@@ -91,17 +90,15 @@ def read(path: str) -> LightCurve:
     )
 
 
-def _plain(value):
+def plain(value):
     """Metadata as JSON can hold it (numpy numbers become Python ones, infinities a large number)."""
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
         return 1e8 if value > 0 else (-1e8 if value < 0 else None)
     return value
 
-
-plain = _plain
