@@ -1,11 +1,12 @@
-"""Physical and mission constants, in SI units (metres, seconds, kilograms).
+"""Physical and mission constants for task chains, in the units the PLATO pipeline uses.
 
-Task chains describe simulations such as "a planet of two Earth radii on a
-30-day orbit"; they refer to these numbers by name (``constants.Rearth``)
-instead of repeating literal values, so that every chain uses the same,
-documented figures.  The ``constants`` object is read-only and supports both
-attribute access (``constants.Rearth``) and item access
-(``constants['Rearth']``).
+Task chains describe simulations such as "a planet of two Earth radii on a 30-day orbit"; they refer to
+these numbers by name (``constants.Rearth``) instead of repeating literal values. Chains and science codes
+written for the PLATO WP36 controller assume its figures and units -- planet sizes in Jupiter radii
+(``Rearth`` = 0.0891...), times in days (``day`` = 1, ``month`` = 28, ``year`` = 365.25) -- so
+``constants`` has exactly those, while ``constants_si`` offers the same kind of figures in SI units
+(metres, seconds, kilograms) for new chains. Both are read-only and support attribute access
+(``constants.Rearth``) and item access (``constants['Rearth']``).
 """
 
 import math
@@ -17,8 +18,26 @@ _C = 299792458.0
 _DAY = 86400.0
 _JULIAN_YEAR = 365.25 * _DAY
 
-# (name, value, unit, description); the single source for `constants` and its documentation.
+# (name, value, unit, description): the PLATO pipeline's own figures, types and units, the default
+# `constants`. The first nine are the seed controller's exactly; Rjup and Rsun follow from its radii.
+_SEED_JUPITER_RADIUS = 71492e3
+_SEED_SUN_RADIUS = 695500e3
 CONSTANTS_TABLE = [
+    ("day", 1, "days", "Day"),
+    ("month", 28, "days", "Month of 28 days"),
+    ("year", 365.25, "days", "Julian year"),
+    ("sun_radius", _SEED_SUN_RADIUS, "m", "Solar radius"),
+    ("earth_radius", 6371e3, "m", "Earth mean radius"),
+    ("jupiter_radius", _SEED_JUPITER_RADIUS, "m", "Jupiter equatorial radius"),
+    ("phy_AU", 149597870700, "m", "Astronomical unit"),
+    ("Rearth", 0.08911486, "Jupiter radii", "Earth radius"),
+    ("plato_noise", 0.000315, "relative flux", "PLATO noise in a 25-second cadence pixel, from PSLS"),
+    ("Rjup", 1.0, "Jupiter radii", "Jupiter radius"),
+    ("Rsun", _SEED_SUN_RADIUS / _SEED_JUPITER_RADIUS, "Jupiter radii", "Solar radius: sun_radius / jupiter_radius"),
+]
+
+# (name, value, unit, description): SI units; the single source for `constants_si` and its documentation.
+CONSTANTS_SI_TABLE = [
     ("Rearth", 6.3781e6, "m", "Earth equatorial radius (IAU 2015 nominal)"),
     ("Rjup", 7.1492e7, "m", "Jupiter equatorial radius (IAU 2015 nominal)"),
     ("Rsun", 6.957e8, "m", "Solar radius (IAU 2015 nominal)"),
@@ -38,6 +57,7 @@ CONSTANTS_TABLE = [
     ("year", _JULIAN_YEAR, "s", "Julian year: 365.25 days"),
     ("G", 6.67430e-11, "m3 kg-1 s-2", "Newtonian constant of gravitation (CODATA 2018)"),
     ("c", _C, "m s-1", "Speed of light in vacuum (exact)"),
+    ("plato_noise", 0.000315, "relative flux", "PLATO noise in a 25-second cadence pixel, from PSLS"),
 ]
 
 
@@ -49,10 +69,16 @@ class Constants(Mapping):
     refusing any modification, so a task chain cannot change a constant.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "_name")
 
-    def __init__(self, values):
+    def __init__(self, values, name="constants"):
         object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+        object.__setattr__(self, "_name", name)
+
+    @property
+    def table_name(self):
+        """The name expressions know this table by (``constants`` or ``constants_si``)."""
+        return self._name
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -81,10 +107,11 @@ class Constants(Mapping):
         return sorted(self._values)
 
     def __repr__(self):
-        return f"<constants: {', '.join(self._values)}>"
+        return f"<{self._name}: {', '.join(self._values)}>"
 
     def __reduce__(self):
-        return (Constants, (dict(self._values),))
+        return (Constants, (dict(self._values), self._name))
 
 
 constants = Constants((name, value) for name, value, _unit, _description in CONSTANTS_TABLE)
+constants_si = Constants(((name, value) for name, value, _unit, _description in CONSTANTS_SI_TABLE), "constants_si")

@@ -247,11 +247,16 @@ def test_every_shipped_demo_chain_is_valid():
 
 
 def test_documented_constants_match_the_code():
-    """docs/task_chains.md carries a copy of CONSTANTS_TABLE; every row must match the code exactly."""
-    from eas_controller.constants import CONSTANTS_TABLE
+    """docs/task_chains.md carries a copy of both constants tables; every row must match the code exactly."""
+    from eas_controller.constants import CONSTANTS_SI_TABLE, CONSTANTS_TABLE
 
     with open(os.path.join(PROJECT_ROOT, "docs", "task_chains.md")) as handle:
+        text = handle.read()
+    sections = {"constants": text.split("### `constants`:")[1].split("### ")[0],
+                "constants_si": text.split("### `constants_si`:")[1].split("## ")[0]}
+    for section, rows in (("constants", CONSTANTS_TABLE), ("constants_si", CONSTANTS_SI_TABLE)):
         documented = {line.split("|")[1].strip(" `"): [cell.strip() for cell in line.split("|")[2:5]]
-                      for line in handle if line.startswith("| `")}
-    for name, value, unit, description in CONSTANTS_TABLE:
-        assert documented.get(name) == [repr(value), unit, description], name
+                      for line in sections[section].splitlines() if line.startswith("| `")}
+        assert list(documented) == [row[0] for row in rows], section
+        for name, value, unit, description in rows:
+            assert documented.get(name) == [repr(value), unit, description], (section, name)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from eas_controller.constants import CONSTANTS_TABLE, constants
+from eas_controller.constants import CONSTANTS_SI_TABLE, CONSTANTS_TABLE, constants, constants_si
 from eas_controller.expressions import (
     ExpressionError,
     evaluate,
@@ -28,37 +28,57 @@ def run(text, metadata=METADATA, requested_metadata=REQUESTED):
 # ---------------------------------------------------------------- constants
 
 
-def test_constants_attribute_and_item_access():
-    assert constants.Rearth == 6.3781e6
-    assert constants["Rearth"] == 6.3781e6
-    assert constants.Rsun == 6.957e8
-    assert constants.Rjup == 7.1492e7
-    assert constants.AU == 1.495978707e11
-    assert constants.day == 86400
-    assert constants.hour == 3600
-    assert constants.minute == 60
-    assert constants.year == 365.25 * 86400
-    assert constants.month == 365.25 / 12 * 86400
-    assert constants.c == 299792458
-    assert math.isclose(constants.pc, 3.0856775814913673e16)
-    for name in ("Mearth", "Msun", "Mjup", "G"):
-        assert constants[name] > 0
+def test_constants_are_the_seed_pipelines_figures_in_its_units():
+    """Lengths in Jupiter radii, times in days, the solar system in metres: as the PLATO pipeline has them."""
+    assert constants.Rearth == 0.08911486
+    assert constants["Rearth"] == 0.08911486
+    assert (constants.day, constants.month, constants.year) == (1, 28, 365.25)
+    assert type(constants.day) is int and type(constants.phy_AU) is int
+    assert constants.plato_noise == 0.000315
+    assert (constants.sun_radius, constants.earth_radius, constants.jupiter_radius) == (695500e3, 6371e3, 71492e3)
+    assert constants.phy_AU == 149597870700
+    assert constants.Rjup == 1.0
+    assert constants.Rsun == constants.sun_radius / constants.jupiter_radius
+    assert math.isclose(constants.Rearth, constants.earth_radius / constants.jupiter_radius, rel_tol=1e-6)
+    assert "G" not in constants and "hour" not in constants
+
+
+def test_si_constants_under_their_own_name():
+    assert constants_si.Rearth == 6.3781e6
+    assert constants_si["Rearth"] == 6.3781e6
+    assert constants_si.Rsun == 6.957e8
+    assert constants_si.Rjup == 7.1492e7
+    assert constants_si.AU == 1.495978707e11
+    assert constants_si.day == 86400
+    assert constants_si.hour == 3600
+    assert constants_si.minute == 60
+    assert constants_si.year == 365.25 * 86400
+    assert constants_si.month == 365.25 / 12 * 86400
+    assert constants_si.c == 299792458
+    assert math.isclose(constants_si.pc, 3.0856775814913673e16)
+    for name in constants_si:
+        assert constants_si[name] > 0
+    assert evaluate("(constants_si.Rearth / constants_si.Rjup)") == 6.3781e6 / 7.1492e7
+    with pytest.raises(ExpressionError, match="constants_si has no entry 'Rearh'"):
+        evaluate("(constants_si.Rearh)")
 
 
 def test_constants_are_read_only():
-    with pytest.raises(AttributeError):
-        constants.Rearth = 1
-    with pytest.raises(TypeError):
-        constants["Rearth"] = 1
-    with pytest.raises(AttributeError):
-        constants.no_such_constant
-    assert constants.Rearth == 6.3781e6
+    for table in (constants, constants_si):
+        with pytest.raises(AttributeError):
+            table.Rearth = 1
+        with pytest.raises(TypeError):
+            table["Rearth"] = 1
+        with pytest.raises(AttributeError):
+            table.no_such_constant
+    assert constants.Rearth == 0.08911486 and constants_si.Rearth == 6.3781e6
 
 
 def test_constants_table_documents_every_constant():
-    assert [row[0] for row in CONSTANTS_TABLE] == list(constants)
-    for name, value, unit, description in CONSTANTS_TABLE:
-        assert constants[name] == value and unit and description
+    for table, rows in ((constants, CONSTANTS_TABLE), (constants_si, CONSTANTS_SI_TABLE)):
+        assert [row[0] for row in rows] == list(table)
+        for name, value, unit, description in rows:
+            assert table[name] == value and unit and description
 
 
 # ---------------------------------------------------------------- what is an expression
@@ -78,8 +98,9 @@ def test_is_expression(value, expected):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("(constants.Rearth * 4)", 6.3781e6 * 4),
-        ("(constants['Rsun'] / constants.Rearth)", 6.957e8 / 6.3781e6),
+        ("(constants.Rearth * 4)", 0.08911486 * 4),
+        ("(constants['Rsun'] / constants.Rearth)", (695500e3 / 71492e3) / 0.08911486),
+        ("(constants_si.Rearth * 4)", 6.3781e6 * 4),
         ("(metadata['size'])", 3),
         ("'lc_{size_index}_{cadence_index}.gz'.format(**metadata)", "lc_1_2.gz"),
         ("(requested_metadata['detect']['outcome'] == 'PASS')", True),
@@ -89,7 +110,8 @@ def test_is_expression(value, expected):
         ("'{0:05d}'.format(42)", "00042"),
         ("'{0}-{name}'.format(1, name='b')", "1-b"),
         ("'{size}'.format_map(metadata)", "3"),
-        ("'{c.Rearth:.0f}'.format(c=constants)", "6378100"),
+        ("'{c.Rearth:.0f}'.format(c=constants_si)", "6378100"),
+        ("'{c.Rearth:.4f}'.format(c=constants)", "0.0891"),
         ("'%(size)s/%(i)d' % metadata", "3/7"),
         ("'%s_%s' % (1, 'a')", "1_a"),
         ("([1, 2, metadata['size']])", [1, 2, 3]),
@@ -151,7 +173,10 @@ def test_metadata_cannot_be_modified():
 def test_constants_object_is_not_a_result():
     with pytest.raises(ExpressionError, match="constants.NAME"):
         evaluate("(constants)")
-    assert evaluate("(dict(constants))")["Rearth"] == 6.3781e6
+    assert evaluate("(dict(constants))")["Rearth"] == 0.08911486
+    with pytest.raises(ExpressionError, match="constants_si.NAME"):
+        evaluate("(constants_si)")
+    assert evaluate("(dict(constants_si))")["Rearth"] == 6.3781e6
 
 
 def test_non_plain_results_refused():
@@ -330,7 +355,7 @@ def test_nested_lists_and_dicts_are_evaluated():
     }
     assert evaluate_value(value, METADATA, REQUESTED) == {
         "lightcurve": "lc_7.gz",
-        "radii": [6.3781e6 * 2, 5, "plain"],
+        "radii": [0.08911486 * 2, 5, "plain"],
         "nested": {"deep": [4]},
     }
     assert value["lightcurve"] == "'lc_{i}.gz'.format(**metadata)"
@@ -352,7 +377,7 @@ def test_evaluate_fields_evaluates_all_but_skipped():
     result = evaluate_fields(description, METADATA, REQUESTED)
     assert result["task"] == "synthesise"
     assert result["inputs"] == {"lightcurve": "lc_1_2.gz"}
-    assert result["radius"] == 6.3781e6 * 3
+    assert result["radius"] == 0.08911486 * 3
     for key in ("task_list", "else_task_list", "repeat_criterion"):
         assert result[key] is description[key]
     assert result is not description

@@ -35,7 +35,7 @@ def run_local(args) -> int:
     import sys
     import time
 
-    from eas_controller import states
+    from eas_controller import detections, states
     from eas_controller.views import jobs as job_views
     from eas_controller.views.output import emit
     from eas_controller.chains import read_chain_file
@@ -80,12 +80,14 @@ def run_local(args) -> int:
                           lease_seconds=settings.lease_seconds)
     started = time.time()
     timed_out = False
+    progress = Progress(engine, job_id)
     try:
         while True:
             result = scheduler.run_pass()
             with read_transaction(engine) as connection:
                 if job_views.job_is_finished(connection, job_id):
                     break
+            progress.maybe_print()
             if args.timeout and time.time() - started > args.timeout:
                 timed_out = True
                 break
@@ -104,12 +106,56 @@ def run_local(args) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
     elapsed = time.time() - started
+    progress.finish()
     with read_transaction(engine) as connection:
         summary = job_views.job_summary(connection, job_id)
         counts = job_views.job_state_counts(connection, job_id)
+        detection_table = detections.detection_rows(connection, job_id) if args.format == "table" else []
+        folder = detections.job_products_folder(connection, job_id)
     print(emit(summary, args.format))
+    if detection_table:
+        print("\ndetections (outcome PASS = the search found the injected planet's period):")
+        print(detections.render(detection_table))
+    if args.format == "table":
+        print("products (light curves, search results) under %s" % os.path.join(settings.data_dir, folder))
     succeeded = set(counts) <= {states.DONE}
     print("job %d %s in %.1f s: %s" % (
         job_id, "succeeded" if succeeded else ("timed out" if timed_out else "did not succeed"), elapsed,
         ", ".join("%d %s" % (count, state) for state, count in sorted(counts.items()))))
     return 0 if succeeded else 1
+
+
+class Progress:
+    """A progress line while the job runs: rewritten in place on a terminal, every few seconds otherwise."""
+
+    def __init__(self, engine, job_id: int, every_s: float = 1.0):
+        import sys
+        import time
+
+        self.engine, self.job_id = engine, job_id
+        self.tty = sys.stdout.isatty()
+        self.every_s = every_s if self.tty else 5.0
+        self.started = self.last = time.time()
+        self.printed = False
+
+    def maybe_print(self) -> None:
+        import time
+
+        from eas_controller.database.engine import read_transaction
+        from eas_controller.views import jobs as job_views
+
+        now = time.time()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        with read_transaction(self.engine) as connection:
+            counts = job_views.job_state_counts(connection, self.job_id)
+        total = sum(counts.values())
+        text = "progress: %d/%d tasks done, %d running, %d failed (%.0f s)" % (
+            counts.get("done", 0), total, counts.get("running", 0), counts.get("failed", 0), now - self.started)
+        print(("\r" + text) if self.tty else text, end="" if self.tty else "\n", flush=True)
+        self.printed = True
+
+    def finish(self) -> None:
+        if self.printed and self.tty:
+            print()

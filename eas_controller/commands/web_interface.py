@@ -1,7 +1,8 @@
 """web_interface.py: the web console, read-only pages over the database (jobs, task tree, tasks and their
 logs and products, timings, pass/fail grid, errors, progress and activity charts, workers and queues).
 
-The REST API (docs/rest_api.md) is served by the same server under /api. Listens on 127.0.0.1 only (--private, the default) unless --public is given. Everything the pages need is
+The REST API (docs/rest_api.md) is served by the same server under /api.
+Listens on 127.0.0.1 only (--private, the default) unless --public is given. Everything the pages need is
 served by the console itself, so it works on a cluster with no internet."""
 
 from __future__ import annotations

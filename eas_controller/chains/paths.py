@@ -1,0 +1,43 @@
+"""File names and working directories in a chain: kept inside the data directory and within column sizes."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from eas_controller.chains.model import ChainError
+from eas_controller.chains.storable import check_text
+
+
+def relative_path(working_directory: str, filename: Any, where: str, field: str) -> str:
+    if not isinstance(filename, str) or not filename.strip():
+        raise ChainError("%s: field '%s' must be a file name (a non-empty string), not %r" % (where, field, filename))
+    path = posixpath.normpath(posixpath.join(working_directory or "", filename))
+    if posixpath.isabs(filename) or path.startswith("..") or path in (".", ""):
+        raise ChainError(
+            "%s: field '%s': %r must stay inside the working directory (no absolute paths or '..')"
+            % (where, field, filename)
+        )
+    return path
+
+
+#: the longest value the database columns hold (see database/schema.py)
+MAX_LENGTHS = {"name": 255, "job_name": 255, "working_directory": 512, "path": 760, "semantic": 128}
+
+
+def check_length(value: Any, field: str, where: str) -> None:
+    """A value stored in a column of its own: short enough for the column, and text every back end stores."""
+    check_text(value, field, where)
+    kind = ("semantic" if "semantic type" in field else "path" if field.startswith(("inputs.", "outputs."))
+            else field)
+    limit = MAX_LENGTHS.get(kind)
+    if limit and isinstance(value, str) and len(value) > limit:
+        raise ChainError("%s: field '%s' is %d characters long; at most %d are stored" % (
+            where, field, len(value), limit))
+
+
+def normalised_directory(working_directory: str, where: str) -> str:
+    """A working directory, normalised: relative to the data directory, never outside it ('' is its top)."""
+    if not working_directory or posixpath.normpath(working_directory) == ".":
+        return ""
+    return relative_path("", working_directory, where, "working_directory")
