@@ -106,46 +106,44 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             yield connection
 
 
-# Error codes that mean "try the whole transaction again".
-_MYSQL_RETRY_CODES = {1205, 1213, 2006, 2013, 2003}  # lock wait timeout, deadlock, gone away, lost, refused
-_POSTGRES_RETRY_STATES = {"40001", "40P01", "55P03", "57P01", "08006", "08001", "08003"}
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Whether ``error`` is a deadlock, lock timeout, busy database or lost connection."""
-    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
-        return True
-    original = getattr(error, "orig", None)
-    if original is None:
-        return False
-    if original.__class__.__module__.startswith("sqlite3"):
-        return "locked" in str(original) or "busy" in str(original)
-    args = getattr(original, "args", ())
-    if args and isinstance(args[0], int) and args[0] in _MYSQL_RETRY_CODES:
-        return True
-    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    if sqlstate in _POSTGRES_RETRY_STATES:
-        return True
-    return isinstance(error, (sa.exc.OperationalError,)) and "connect" in str(original).lower()
-
-
-_MYSQL_CONNECTION_CODES = {2006, 2013, 2003}
+# Error codes of a database out of reach, and of a transaction worth trying again whole.
+_MYSQL_CONNECTION_CODES = {2006, 2013, 2003}  # gone away, lost, refused
+_MYSQL_CONFLICT_CODES = {1205, 1213}  # lock wait timeout, deadlock
 _POSTGRES_CONNECTION_STATES = {"57P01", "08006", "08001", "08003"}
+_POSTGRES_CONFLICT_STATES = {"40001", "40P01", "55P03"}
+
+
+def _error_code(error: BaseException):
+    """(MySQL error number or None, PostgreSQL SQLSTATE or None, the driver's exception or None)."""
+    original = getattr(error, "orig", None)
+    args = getattr(original, "args", ()) if original is not None else ()
+    number = args[0] if args and isinstance(args[0], int) else None
+    sqlstate = (getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)) if original is not None else None
+    return number, sqlstate, original
 
 
 def is_connection_error(error: BaseException) -> bool:
     """Whether ``error`` means the database could not be reached (as opposed to a deadlock or a lock wait)."""
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
-    original = getattr(error, "orig", None)
+    number, sqlstate, original = _error_code(error)
     if original is None:
         return False
-    args = getattr(original, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0] in _MYSQL_CONNECTION_CODES
-    if (getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)) in _POSTGRES_CONNECTION_STATES:
+    if number is not None:
+        return number in _MYSQL_CONNECTION_CODES
+    return sqlstate in _POSTGRES_CONNECTION_STATES or "connect" in str(original).lower()
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether ``error`` is a deadlock, lock timeout, busy database or lost connection."""
+    if is_connection_error(error):
         return True
-    return "connect" in str(original).lower()
+    number, sqlstate, original = _error_code(error)
+    if original is None:
+        return False
+    if original.__class__.__module__.startswith("sqlite3"):
+        return "locked" in str(original) or "busy" in str(original)
+    return number in _MYSQL_CONFLICT_CODES or sqlstate in _POSTGRES_CONFLICT_STATES
 
 
 def run_transaction(
