@@ -19,7 +19,7 @@ _DAY = 86400.0
 _JULIAN_YEAR = 365.25 * _DAY
 
 # (name, value, unit, description): the PLATO pipeline's own figures, types and units, the default
-# `constants`. The first nine are the seed controller's exactly; Rjup and Rsun follow from its radii.
+# `constants`. The first nine are exactly the PLATO pipeline's; Rjup and Rsun follow from its radii.
 _SEED_JUPITER_RADIUS = 71492e3
 _SEED_SUN_RADIUS = 695500e3
 CONSTANTS_TABLE = [

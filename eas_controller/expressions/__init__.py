@@ -61,6 +61,6 @@ from eas_controller.expressions.randomness import RandomStreams
 
 __all__ = [
     "DEFAULT_SKIPPED_FIELDS", "MAX_EXPRESSION_LENGTH", "MAX_FORMAT_WIDTH", "MAX_INT_BITS", "MAX_RANGE_LENGTH",
-    "MAX_ROUND_DIGITS", "MAX_STRING_LENGTH", "MAX_VALUE_SIZE", "ExpressionError", "RandomStreams", "evaluate", "evaluate_fields",
-    "evaluate_value", "is_expression", "math_namespace", "uses_requested_metadata",
+    "MAX_ROUND_DIGITS", "MAX_STRING_LENGTH", "MAX_VALUE_SIZE", "ExpressionError", "RandomStreams", "evaluate",
+    "evaluate_fields", "evaluate_value", "is_expression", "math_namespace", "uses_requested_metadata",
 ]
