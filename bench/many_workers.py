@@ -12,7 +12,11 @@ server also allows only 151 connections, and each worker holds 3-4), a scheduler
 Each phase reports statements per second (``SHOW GLOBAL STATUS`` deltas: ``Questions``, the statements
 clients sent), the server's CPU (psutil on the ``mariadbd`` process) and the workers' CPU, per worker and,
 for the short tasks, per task; deadlocks (``Innodb_deadlocks``) and claim latency (an attempt's
-``queued_at`` to ``started_at``, p50 and p99). Every short task must end done with exactly one attempt.
+``queued_at`` to ``started_at``, p50 and p99: in the short-task phase mostly the wait behind the backlog).
+Claim latency itself is probed from this process: it claims tasks of a type the workers do not run
+(``error``), one at a time with ``SqlQueue.claim``, while the workers are idle and while they drain the short
+tasks, and times each claim. When a phase had deadlocks, the server's ``LATEST DETECTED DEADLOCK`` goes into
+the results (``extra``). Every short task must end done with exactly one attempt.
 ``--shared`` runs against the shared server instead (``EAS_BENCH_MYSQL_URL``; mind its connection limit).
 """
 
@@ -62,7 +66,8 @@ class Fleet:
         extra = ["--lease-seconds", str(lease_seconds)] if lease_seconds else []
         for number in range(count):
             self.processes["worker %d" % number] = self._start(
-                "worker-%d" % number, "worker", "--name", "many-%d" % number, "--concurrency", "1", "--cpus", "1", *extra)
+                "worker-%d" % number, "worker", "--name", "many-%d" % number, "--concurrency", "1", "--cpus", "1",
+                "--task-types", "null,sleep", *extra)
             time.sleep(0.05)  # do not start a hundred interpreters in the same instant on a small machine
         self._wait_for_workers()
 
@@ -143,6 +148,57 @@ class Fleet:
         self.engine.dispose()
 
 
+def latest_deadlock(engine) -> str:
+    """The ``LATEST DETECTED DEADLOCK`` section of ``SHOW ENGINE INNODB STATUS`` (empty if none)."""
+    with engine.connect() as connection:
+        text = connection.exec_driver_sql("SHOW ENGINE INNODB STATUS").first()[2]
+    if "LATEST DETECTED DEADLOCK" not in text:
+        return ""
+    section = text.split("LATEST DETECTED DEADLOCK", 1)[1].split("------------\nTRANSACTIONS", 1)[0]
+    return section.strip()[:6000]
+
+
+class ClaimProbe:
+    """Times single claims from this process, of tasks the workers do not run, in a background thread."""
+
+    TASK_TYPE = "error"
+
+    def __init__(self, fleet: Fleet, count: int):
+        from bench.queue_claim import register_worker
+        from eas_controller.queues.sql import SqlQueue
+
+        self.fleet, self.count = fleet, count
+        self.queue = SqlQueue(fleet.engine)
+        self.worker = register_worker(fleet.engine, "many-probe")
+        self.job = fleet.submit([{"task": self.TASK_TYPE, "message": "probe"}] * count)
+        fleet.wait(self.job, count, ("queued",), 120)
+        self.timings: list[float] = []
+
+    def start(self, interval: float) -> None:
+        import threading
+
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+        self.thread.start()
+
+    def _loop(self, interval: float) -> None:
+        from bench.queue_claim import complete
+
+        while not self.halt.wait(interval):
+            started = time.perf_counter()
+            got = self.queue.claim(self.worker, [self.TASK_TYPE], 1, 60.0)
+            if not got:
+                return
+            self.timings.append((time.perf_counter() - started) * 1000)
+            complete(self.fleet.engine, self.worker, got)
+
+    def stop(self) -> list[float]:
+        self.halt.set()
+        self.thread.join()
+        timings, self.timings = self.timings, []
+        return timings
+
+
 class Window:
     """Status counters and CPU (server, workers) over one measured interval."""
 
@@ -166,12 +222,15 @@ class Window:
         self.delta = {name: after[name] - self.status.get(name, 0) for name in after if name != "Threads_connected"}
         self.delta["Questions"] -= 2  # the two SHOW GLOBAL STATUS of this window
         self.connections = after.get("Threads_connected")
+        self.deadlock = latest_deadlock(self.fleet.engine) if self.delta.get("Innodb_deadlocks") else ""
 
 
 def _phase_results(phase: str, window: Window, workers: int, extra: dict | None = None) -> list[Result]:
     per_worker_second = workers * window.seconds
     facts = dict(seconds=round(window.seconds, 1), statements=window.delta, connections=window.connections,
                  cpu_s={label: round(value, 3) for label, value in window.cpu.items()}, **(extra or {}))
+    if window.deadlock:
+        facts["latest_deadlock"] = window.deadlock
     return [
         Result("many_workers", "%s: statements per worker-second" % phase, "mariadb",
                window.delta["Questions"] / per_worker_second, "stmt/s", processes=workers, extra=facts),
@@ -184,15 +243,24 @@ def _phase_results(phase: str, window: Window, workers: int, extra: dict | None 
     ]
 
 
+def _probe_results(phase: str, timings: list[float], workers: int) -> list[Result]:
+    return [Result("many_workers", "%s: claim latency p%d (probe, 1 per claim)" % (phase, q), "mariadb",
+                   percentile(timings, q / 100), "ms", processes=workers, jobs=len(timings)) for q in (50, 99)]
+
+
 def measure(url: str, server_pids: list[int], workers: int, idle_s: float, sleep_s: float, short_tasks: int,
             work_dir: str) -> list[Result]:
     fleet = Fleet(url, workers, work_dir)
     results = []
     try:
+        probe = ClaimProbe(fleet, 400)
         time.sleep(3)  # past the start-up claims: the idle workers' waits have backed off
         with Window(fleet, server_pids) as idle:
             time.sleep(idle_s)
         results += _phase_results("idle", idle, workers)
+        probe.start(0.05)
+        time.sleep(min(5.0, idle_s))
+        results += _probe_results("idle", probe.stop(), workers)
 
         job = fleet.submit([{"task": "sleep", "seconds": sleep_s + 3} for _ in range(workers)])
         fleet.wait(job, workers, ("running", "done"), 180)
@@ -206,7 +274,9 @@ def measure(url: str, server_pids: list[int], workers: int, idle_s: float, sleep
         with Window(fleet, server_pids) as short:
             started = time.time()
             job = fleet.submit([{"task": "null"}] * short_tasks)
+            probe.start(0.05)
             fleet.wait(job, short_tasks, ("done", "failed", "cancelled"), max(300.0, short_tasks / 5.0))
+            probe_timings = probe.stop()
         rows = fleet.job_rows(job)
     finally:
         fleet.stop()
@@ -233,7 +303,7 @@ def measure(url: str, server_pids: list[int], workers: int, idle_s: float, sleep
                processes=workers, jobs=short_tasks),
         Result("many_workers", "busy, short tasks: queued -> running p99", "mariadb", percentile(claim_ms, 0.99), "ms",
                processes=workers, jobs=short_tasks),
-    ]
+    ] + _probe_results("busy, short tasks", probe_timings, workers)
     return results
 
 
