@@ -38,7 +38,7 @@ import time
 
 from bench.common import PROJECT_ROOT, Result, Services, percentile, unavailable_reason
 
-STATUS_VARIABLES = ("Questions", "Com_select", "Com_update", "Com_insert", "Com_delete", "Com_commit",
+STATUS_VARIABLES = ("Questions", "Com_select", "Com_update", "Com_insert", "Com_delete", "Com_commit", "Com_rollback",
                     "Innodb_deadlocks", "Innodb_row_lock_waits", "Threads_connected")
 
 
