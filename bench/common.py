@@ -52,7 +52,7 @@ def use_project_environment() -> None:
 class Services:
     """Where the benchmarks find their servers; database names are the benchmarks' own."""
 
-    mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306/eas_bench"
+    mysql_url: str = "mysql://root@127.0.0.1:3306/eas_bench"  # the controller picks mysqlclient when it imports
     postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/eas_bench"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -207,15 +207,22 @@ def throughput(services: Services, backend: str, tasks: int, workers: int = 2, q
     """
     label = "end to end: %s null tasks, %d workers%s" % ("{:,}".format(tasks), workers,
                                                          " x %d slots" % slots if slots > 1 else "")
+    from bench.cpu import CpuMeter, server_pids
+
     controller = Controller(services, backend, workers, queue, slots=slots)
     sampler = MemorySampler(controller.pids()) if memory else None
+    pids = controller.pids()
+    meter = CpuMeter({"workers": [pid for label, pid in pids.items() if label.startswith("worker")],
+                      "scheduler": [pids["scheduler"]], "database server": server_pids(backend)})
     try:
         if sampler:
             sampler.start()
+        meter.start()
         started = time.time()
         job_id = controller.submit({"job_name": "bench-e2e", "task_list": [{"task": "null"}] * tasks})
         submitted = time.time()
         controller.wait_for_job(job_id, tasks, timeout)
+        cpu = meter.stop()
         peaks = sampler.stop() if sampler else {}
         rows = controller.attempts_of(job_id)
     finally:
@@ -229,14 +236,21 @@ def throughput(services: Services, backend: str, tasks: int, workers: int = 2, q
     overhead_ms = (elapsed * controller.slots / tasks - statistics.fmean(walls)) * 1000
     in_worker_ms = statistics.fmean(row.ended_at - row.started_at - row.wall_s for row in rows if row.ended_at) * 1000
     backend_label = backend if queue == "sql" else "amqp"
+    cpu_ms = {label: round(seconds * 1000 / tasks, 3) for label, seconds in cpu.items()}
     extra = dict(elapsed_s=round(elapsed, 2), submit_s=round(submitted - started, 2), database=backend,
-                 mean_task_wall_ms=round(statistics.fmean(walls) * 1000, 3), in_worker_overhead_ms=round(in_worker_ms, 2))
+                 mean_task_wall_ms=round(statistics.fmean(walls) * 1000, 3), in_worker_overhead_ms=round(in_worker_ms, 2),
+                 cpu_ms_per_task=cpu_ms, driver=controller.engine.dialect.driver)
     results = [
         Result("end_to_end", label, backend_label, tasks / elapsed, "tasks/s", processes=workers, jobs=tasks,
                duplicates=duplicates, note="; ".join(problems), extra=extra),
         Result("end_to_end", "controller overhead per task (slot time - task time)%s" % (
             ", %d slots per worker" % slots if slots > 1 else ""), backend_label, overhead_ms, "ms",
                processes=workers, jobs=tasks, extra=dict(in_worker_overhead_ms=round(in_worker_ms, 2))),
+        # the submission runs in this process and is not counted; the server also serves other clients
+        Result("end_to_end", "controller CPU per task (workers + children + scheduler + database server)%s" % (
+            ", %d slots per worker" % slots if slots > 1 else ""), backend_label, sum(cpu_ms.values()), "ms",
+               processes=workers, jobs=tasks, note="server: %d process(es) found" % len(meter.groups["database server"])
+               if backend != "sqlite" else "", extra=dict(cpu_ms_per_task=cpu_ms)),
     ]
     if memory:
         for key in sorted(peaks):

@@ -4,7 +4,8 @@
 - RQ: two ``rq worker`` processes, once with ``SimpleWorker`` (runs jobs in the worker process) and once
   with the default ``Worker`` (forks a work horse per job); Redis on loopback; jobs enqueued in
   pipelines of 1,000 (``enqueue_many``).
-- Celery: one ``celery worker`` with the prefork pool of 2, RabbitMQ broker, no result backend.
+- Celery: one ``celery worker`` with the prefork pool of 2, RabbitMQ broker, no result backend; once with
+  its defaults and once with its settings for work that must not be lost (``acks_late``, prefetch 1).
 Workers start first and sit idle; the clock runs from the first enqueue until the last job has
 appended its byte to the counter file (see ``peer_tasks.py``). Each run uses a queue name of its own
 and removes what it created (RQ: only keys holding that name; RabbitMQ: that queue).
@@ -134,13 +135,17 @@ def _consumers(amqp_url: str, queue: str) -> int:
             connection.close()
 
 
-def run_celery(services: Services, jobs: int, concurrency: int = 2, timeout: float = 1800) -> Result:
+def run_celery(services: Services, jobs: int, concurrency: int = 2, timeout: float = 1800, reliable: bool = False
+               ) -> Result:
+    """``reliable``: the worker acknowledges each job after it ran (``acks_late``) and prefetches one
+    (``worker_prefetch_multiplier=1``), so a worker that dies loses no job; otherwise Celery's defaults."""
     import pika
 
     name = "eas_bench_celery_%s" % uuid.uuid4().hex[:12]
     counter = os.path.join(services.work_dir, name + ".count")
     broker = _celery_broker(services.amqp_url)
-    environment = dict(os.environ, EAS_BENCH_CELERY_BROKER=broker, PYTHONPATH=PROJECT_ROOT)
+    environment = dict(os.environ, EAS_BENCH_CELERY_BROKER=broker, PYTHONPATH=PROJECT_ROOT,
+                       EAS_BENCH_CELERY_RELIABLE="1" if reliable else "0")
     os.environ["EAS_BENCH_CELERY_BROKER"] = broker
     from bench import peer_tasks
 
@@ -172,8 +177,8 @@ def run_celery(services: Services, jobs: int, concurrency: int = 2, timeout: flo
             connection.close()
         except Exception:
             pass
-        peer_tasks.celery_app.pool.force_close_all()
-    return Result("peers", "Celery prefork(%d): %s no-op jobs" % (concurrency, "{:,}".format(jobs)), "amqp",
+    return Result("peers", "Celery prefork(%d)%s: %s no-op jobs" % (
+        concurrency, ", acks_late + prefetch 1" if reliable else "", "{:,}".format(jobs)), "amqp",
                   jobs / (finished - started), "jobs/s", processes=concurrency, jobs=jobs,
                   extra=dict(elapsed_s=round(finished - started, 2), enqueue_s=round(enqueued - started, 2)))
 
@@ -196,7 +201,13 @@ def run(services: Services, quick: bool = True, jobs: int | None = None, forking
         results.append(Result.skipped("peers", "Celery prefork(2): no-op jobs", "amqp", amqp_reason, "jobs/s",
                                       processes=2))
     else:
-        results.append(run_celery(services, jobs))
+        try:
+            results.append(run_celery(services, jobs))
+            results.append(run_celery(services, jobs, reliable=True))
+        finally:
+            from bench import peer_tasks
+
+            peer_tasks.celery_app.pool.force_close_all()  # once: a closed pool cannot publish again
     return results
 
 

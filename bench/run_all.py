@@ -4,7 +4,8 @@
 Runs, in order: the raw limits of this machine (limits.py), the seed's claim algorithm (seed_claim.py),
 our queues' claim throughput (queue_claim.py), end to end with real scheduler and worker processes
 (end_to_end.py), RQ and Celery on the same no-op jobs (peers.py), behaviour with 10^4..10^6 finished
-tasks (scale.py), and any other benchmark script in bench/ that the suite knows of (expansion.py,
+tasks (scale.py), PostgreSQL claims after 10^5/10^6 churned (pg_churn.py), 50/100 workers against one
+MariaDB (many_workers.py), and any other benchmark script in bench/ that the suite knows of (expansion.py,
 scheduler_scale.py) when it exists. Writes every result as JSON to bench/results/ and, with
 --update-docs, the table into docs/performance.md. --quick takes under 10 minutes; the full run
 (20,000-task end to end and peers, a 100,000-task run for peak memory) takes longer.
@@ -50,16 +51,31 @@ def run_end_to_end(services: Services, quick: bool) -> list[Result]:
             + end_to_end.run(services, quick=True, backends=("postgresql", "sqlite"), tasks=1000, links=10))
 
 
+#: The most attempts a worker claims at once by default (``worker --prefetch``): the batch size it really uses.
+WORKER_BATCH = 50
+
+
+def run_ours(services: Services, quick: bool) -> list[Result]:
+    """Our queues at 1 and 10 per claim, and the SQL claim at a worker's own batch size, 4 processes."""
+    from bench import queue_claim
+
+    return (queue_claim.run(services, quick)
+            + queue_claim.run(services, quick, backends=("mariadb",), process_counts=(4,), limits=(WORKER_BATCH,),
+                              queues=("sql",)))
+
+
 def run_suite(services: Services, quick: bool, only: set | None = None) -> list[Result]:
-    from bench import limits, peers, queue_claim, scale, seed_claim
+    from bench import limits, many_workers, peers, pg_churn, scale, seed_claim
 
     steps = [
         ("limits", lambda: limits.run(services, quick)),
         ("seed", lambda: seed_claim.run(services, quick)),
-        ("ours", lambda: queue_claim.run(services, quick)),
+        ("ours", lambda: run_ours(services, quick)),
         ("end_to_end", lambda: run_end_to_end(services, quick)),
         ("peers", lambda: peers.run(services, quick)),
         ("scale", lambda: scale.run(services, quick)),
+        ("pg_churn", lambda: pg_churn.run(Services.from_environment(database_suffix="_pg_churn"), quick)),
+        ("many_workers", lambda: many_workers.run(Services.from_environment(database_suffix="_many_workers"), quick)),
     ] + [(group, (lambda file=file, group=group: run_external(file, group, quick))) for file, group in EXTERNAL_SCRIPTS]
     results: list[Result] = []
     for name, step in steps:
@@ -163,7 +179,32 @@ def targets(results: list[Result]) -> list[dict]:
               seed, 5.0, extra="; duplicate claims: ours %s, seed %s" % (
                   ours.duplicates if ours else "-", seed.duplicates if seed else "-") if duplicates else "")
     ratio("end to end (MariaDB) / RQ SimpleWorker", e2e, _find(results, "peers", "redis", contains="SimpleWorker"), 1.0)
-    ratio("end to end (MariaDB) / Celery prefork(2)", e2e, _find(results, "peers", "amqp", contains="Celery"), 1.0)
+    celery = [r for r in results if r.group == "peers" and "Celery" in r.name and r.value is not None]
+    ratio("end to end (MariaDB, 2 workers) / Celery prefork(2), defaults", e2e,
+          next((r for r in celery if "acks_late" not in r.name), None), 1.0)
+    ratio("end to end (MariaDB, 2 workers) / Celery prefork(2), acks_late + prefetch 1", e2e,
+          next((r for r in celery if "acks_late" in r.name), None), 1.0)
+    cpu = _find(results, "end_to_end", "mariadb", 2, "controller CPU per task (")
+    if cpu is None:
+        rows.append(dict(target="controller CPU per null task (MariaDB, 2 workers: workers + children + scheduler + "
+                         "database server)", ratio=None, goal="<= 1 ms", met=None, detail="not measured"))
+    else:
+        parts = cpu.extra.get("cpu_ms_per_task", {})
+        rows.append(dict(target="controller CPU per null task (MariaDB, 2 workers: workers + children + scheduler + "
+                         "database server)", ratio=round(cpu.value, 3), goal="<= 1 ms", met=cpu.value <= 1.0,
+                         detail="ms per task: " + ", ".join("%s %.2f" % (k, v) for k, v in sorted(parts.items()))))
+    ratio("end to end through the AMQP queue / through the SQL queue (MariaDB, 2 workers)",
+          _find(results, "end_to_end", "amqp", 2, "end to end"), e2e, 0.8)
+    seed_claims = _find(results, "seed", "mariadb", 4, "claim only")
+    ours_batch = _find(results, "ours", "mariadb", 4, "SQL queue: claim only (no completion), up to %d jobs/claim"
+                       % WORKER_BATCH)
+    ratio("our SQL claim at a worker's batch size (up to %d/claim, MariaDB, 4 processes) / seed algorithm"
+          % WORKER_BATCH, ours_batch, seed_claims, 5.0, extra="; duplicate claims: ours %s, seed %s" % (
+              ours_batch.duplicates if ours_batch else "-", seed_claims.duplicates if seed_claims else "-"))
+    churned = _find(results, "pg_churn", "postgresql", contains="claims churned (median")
+    fresh = _find(results, "pg_churn", "postgresql", contains="fresh queue table")
+    ratio("PostgreSQL claim latency after %s claims churned / fresh table" % (
+        "{:,}".format(churned.jobs) if churned and churned.jobs else "N"), churned, fresh, 1.2, "<=")
     for backend in BACKENDS:
         for metric, label in (("claim latency", "claim latency"), ("scheduler pass promoting", "scheduler pass")):
             big = _find(results, "scale", backend, contains="%s" % metric)
@@ -215,8 +256,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: the whole suite in under 10 minutes")
     parser.add_argument("--only", action="append", metavar="GROUP",
-                        help="run only these groups: limits, seed, ours, end_to_end, peers, scale, expansion, "
-                             "scheduler_scale (repeatable)")
+                        help="run only these groups: limits, seed, ours, end_to_end, peers, scale, pg_churn, "
+                             "many_workers, expansion, scheduler_scale (repeatable)")
     parser.add_argument("--output", help="JSON file to write (default bench/results/run-<time>[-quick].json)")
     parser.add_argument("--update-docs", action="store_true",
                         help="also write the table into docs/performance.md (between its markers)")

@@ -32,6 +32,34 @@ def emit_metadata(ctx):
         ctx.set_metadata(key, value)
 
 
+def python_environment(ctx):
+    """The scratch folder's contract seen from a ``python:`` task: first touched as ``touch`` says."""
+    import json
+    import subprocess
+
+    touch = ctx.description.get("touch")
+    if touch == "relative":
+        with open("note.txt", "w") as handle:
+            handle.write("relative")
+    elif touch == "subprocess":
+        subprocess.run(["/bin/sh", "-c", 'echo "SHELL_PWD=$(pwd)"; echo "SHELL_DESCRIPTION=$(cat "$EAS_TASK_DESCRIPTION")"'],
+                       check=True)
+    elif touch == "ctx":
+        print("CTX_WORK=%s" % ctx.work_dir)
+    with open(os.environ["EAS_TASK_DESCRIPTION"]) as handle:
+        description = json.load(handle)
+    with open(os.environ["EAS_METADATA_IN"]) as handle:
+        metadata_in = json.load(handle)
+    print("CWD=%s" % os.getcwd())
+    print("WORK=%s" % os.environ["EAS_WORK_DIR"])
+    print("NAME=%s" % description["name"])
+    print("METADATA_KEYS=%s" % ",".join(sorted(metadata_in)))
+    print("NOTE=%s" % os.path.exists(os.path.join(os.environ["EAS_WORK_DIR"], "note.txt")))
+    with open(os.environ["EAS_METADATA_OUT"], "w") as handle:
+        json.dump({"seen": description["name"]}, handle)
+    print("last words without a newline", end="")
+
+
 # -- workers under faults (tests/test_faults.py, tests/test_worker_features.py) --
 
 def fault_sleep_write(ctx):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, REQUIRE_SERVICES
 
-from bench import end_to_end, limits, peers, queue_claim, run_all, scale, seed_claim
+from bench import end_to_end, limits, many_workers, peers, pg_churn, queue_claim, run_all, scale, seed_claim
 from bench.common import Result, Services, is_well_formed, unavailable_reason
 
 REQUIRED = ("mariadb", "postgresql", "amqp")  # what CI provides; Redis (for RQ) is optional
@@ -83,12 +83,15 @@ def test_end_to_end_with_real_processes(services):
     assert throughput.group == "end_to_end" and throughput.duplicates == 0 and throughput.note == ""
     assert any(r.group == "memory" and r.value > 0 for r in results)
     assert {r.group for r in results} == {"end_to_end", "memory", "latency"}
+    (cpu,) = [r for r in results if r.name.startswith("controller CPU per task")]
+    assert set(cpu.extra["cpu_ms_per_task"]) == {"workers", "scheduler", "database server"} and cpu.value > 0
 
 
 def test_peers(services):
     results = peers.run(services, jobs=12, forking_jobs=4)
     check(results, {"peers"})
-    assert len(results) == 3
+    assert len(results) == 4  # RQ SimpleWorker and Worker; Celery with its defaults and with acks_late + prefetch 1
+    assert sum("Celery" in r.name for r in results) == 2 and any("acks_late" in r.name for r in results)
     for result in results:
         if result.value is not None:
             assert result.jobs in (12, 4)
@@ -103,13 +106,52 @@ def test_scale(services):
     assert len([r for r in results if r.backend == "sqlite"]) == 9
 
 
+def test_many_workers(services):
+    results = many_workers.run(services, workers=3, idle_s=1.0, sleep_s=1.0, short_tasks=30)
+    check(results, {"many_workers"})
+    names = [r.name for r in results]
+    for phase in ("idle", "busy, one long task per worker", "busy, short tasks"):
+        for what in ("statements per worker-second", "server CPU per worker", "worker CPU per worker", "deadlocks"):
+            assert "%s: %s" % (phase, what) in names, names
+    (throughput,) = [r for r in results if r.name.endswith("throughput")]
+    if throughput.value is not None:
+        assert throughput.jobs == 30 and throughput.duplicates == 0 and throughput.note == ""
+        assert all(r.processes == 3 for r in results)
+
+
+def test_pg_churn(services):
+    results = pg_churn.run(services, rows=3000, claims=5)
+    check(results, {"pg_churn"})
+    if results[0].value is not None:
+        fresh, churned, ratio = results
+        assert churned.jobs == 3000 and ratio.unit == "ratio"
+        assert abs(ratio.value - churned.value / fresh.value) < 1e-9
+        assert churned.extra["churned_table"]["n_live_tup"] is not None
+
+
 def test_targets_table_and_docs(tmp_path, services):
     results = seed_claim.run(services, backends=("sqlite",), process_counts=(4,), jobs=20)
     results += [Result("limits", "raw claim+complete, SKIP LOCKED, 1 job/claim", "mariadb", 1000.0, "jobs/s", processes=2),
                 Result("end_to_end", "end to end: 10 null tasks, 2 workers", "mariadb", 600.0, "tasks/s", processes=2)]
+    results += [Result("end_to_end", "controller CPU per task (workers + children + scheduler + database server)",
+                       "mariadb", 2.0, "ms", processes=2, extra=dict(cpu_ms_per_task={"workers": 1.5, "scheduler": 0.5})),
+                Result("peers", "Celery prefork(2): 10 no-op jobs", "amqp", 1200.0, "jobs/s", processes=2),
+                Result("peers", "Celery prefork(2), acks_late + prefetch 1: 10 no-op jobs", "amqp", 300.0, "jobs/s",
+                       processes=2),
+                Result("pg_churn", "claim latency, fresh queue table (median of 5)", "postgresql", 2.0, "ms"),
+                Result("pg_churn", "claim latency after 1,000 claims churned (median of 5)", "postgresql", 2.2, "ms",
+                       jobs=1000)]
     rows = run_all.targets(results)
     first = rows[0]
     assert first["ratio"] == 0.6 and first["met"] is True
+    by_name = {row["target"]: row for row in rows}
+    assert by_name["end to end (MariaDB, 2 workers) / Celery prefork(2), defaults"]["ratio"] == 0.5
+    assert by_name["end to end (MariaDB, 2 workers) / Celery prefork(2), acks_late + prefetch 1"]["ratio"] == 2.0
+    (cpu,) = [row for row in rows if row["target"].startswith("controller CPU per null task")]
+    assert cpu["ratio"] == 2.0 and cpu["met"] is False and "workers 1.50" in cpu["detail"]
+    assert by_name["PostgreSQL claim latency after 1,000 claims churned / fresh table"]["met"] is True
+    assert any(row["target"].startswith("our SQL claim at a worker's batch size") for row in rows)
+    assert any(row["target"].startswith("end to end through the AMQP queue") for row in rows)
     assert all(set(row) == {"target", "ratio", "goal", "met", "detail"} for row in rows)
     facts = dict(date="today", cpu="cpu", cores=2, memory_gb=1, os="os", servers={"sqlite": "3"})
     table = run_all.render(results, rows, facts, "./bench/run_all.py --quick")

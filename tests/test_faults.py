@@ -221,7 +221,9 @@ class PrivateMariaDB:
 
     @property
     def url(self) -> str:
-        return "mysql+pymysql://root@127.0.0.1:%d/eas" % self.port
+        # the driver of the test URL (mysql:// picks mysqlclient when it imports), so outages are tried with both
+        driver = sa.engine.make_url(os.environ.get("EAS_TEST_MYSQL_URL") or "mysql+pymysql://").drivername
+        return "%s://root@127.0.0.1:%d/eas" % (driver, self.port)
 
     def create(self) -> None:
         subprocess.run([self.install, "--no-defaults", "--datadir=" + self.datadir, "--auth-root-authentication-method=normal",

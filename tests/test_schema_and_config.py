@@ -389,3 +389,65 @@ def test_every_script_answers_help_from_a_fresh_shell(eas_sqlite, script):
     assert result.stdout.startswith("usage: "), result.stdout
     assert "--help" in result.stdout and len(result.stdout.splitlines()) > 3
     assert result.stderr == ""
+
+
+# -- MySQL/MariaDB drivers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme, driver", [("mysql", "mysqldb"), ("mariadb", "mysqldb"), ("mysql+pymysql", "pymysql"),
+                                            ("mariadb+pymysql", "pymysql")])
+def test_mysql_urls_pick_mysqlclient_unless_they_name_a_driver(eas_mysql, scheme, driver):
+    from eas_controller.database.engine import make_engine
+
+    url = sa.engine.make_url(eas_mysql.settings.database_url).set(drivername=scheme)
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        assert engine.dialect.driver == driver
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT @@tx_isolation").scalar() == "READ-COMMITTED"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql"])
+def test_a_real_deadlock_is_retryable_with_either_driver(eas_mysql, scheme):
+    """Two transactions lock two rows in opposite orders: the server kills one (1213); both drivers' errors are
+    recognised as worth retrying, and a lost connection too."""
+    import threading
+
+    from eas_controller.database.engine import is_retryable, make_engine
+
+    url = sa.engine.make_url(eas_mysql.settings.database_url).set(drivername=scheme)
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS eas_test_deadlock")
+            connection.exec_driver_sql("CREATE TABLE eas_test_deadlock (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+            connection.exec_driver_sql("INSERT INTO eas_test_deadlock VALUES (1, 0), (2, 0)")
+        both_hold_one = threading.Barrier(2, timeout=30)
+        errors = []
+
+        def cross(first: int, second: int) -> None:
+            try:
+                with engine.begin() as connection:
+                    connection.exec_driver_sql("UPDATE eas_test_deadlock SET v = v + 1 WHERE id = %d" % first)
+                    both_hold_one.wait()
+                    connection.exec_driver_sql("UPDATE eas_test_deadlock SET v = v + 1 WHERE id = %d" % second)
+            except sa.exc.DBAPIError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=cross, args=pair) for pair in ((1, 2), (2, 1))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(errors) == 1, errors
+        assert errors[0].orig.args[0] == 1213 and is_retryable(errors[0])
+        with engine.connect() as victim, engine.connect() as killer:
+            killer.exec_driver_sql("KILL %d" % victim.exec_driver_sql("SELECT CONNECTION_ID()").scalar())
+            with pytest.raises(sa.exc.DBAPIError) as lost:
+                victim.exec_driver_sql("SELECT 1")
+            assert is_retryable(lost.value)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE eas_test_deadlock")
+    finally:
+        engine.dispose()

@@ -282,6 +282,40 @@ def test_shell_task_gets_the_contract_environment_and_its_output_is_logged(eas, 
     assert metadata == {"colour_seen": ("str", "blue"), "n": ("int", 3)}
 
 
+def test_a_python_task_finds_its_scratch_folder_and_files_however_it_first_touches_them(eas, tmp_path):
+    """A ``python:`` task's folder and JSON files are made on first use; every way in finds them there, and a
+    task that never touches them gets none (``--keep-scratch`` shows which folders were made)."""
+    touches = ["environment", "relative", "subprocess", "ctx"]
+    job_id = submit(eas, {"job_name": "pyenv", "task_list": [
+        {"task": "python_environment", "name": touch, "touch": touch} for touch in touches] + [
+        {"task": "null", "name": "untouched"}]}, tmp_path)
+    run_workers(eas, 1, "--keep-scratch")
+    rows = job_tasks(eas, job_id)
+    data_dir = eas.settings.data_dir
+    for touch in touches:
+        (attempt,) = attempts_of(eas, rows[touch].id)
+        assert (rows[touch].state, attempt.state) == ("done", "succeeded"), attempt.error_text
+        messages = [line.message for line in log_of(eas, attempt.id) if line.stream == "stdout"]
+        stdout = dict(message.split("=", 1) for message in messages if "=" in message)
+        work_dir = os.path.join(data_dir, "scratch", "attempt_%d" % attempt.id)
+        assert stdout["CWD"] == work_dir and stdout["WORK"] == work_dir, messages
+        assert stdout["NAME"] == touch and stdout["METADATA_KEYS"] == "metadata,requested_metadata"
+        assert stdout["NOTE"] == str(touch == "relative")
+        assert messages[-1] == "last words without a newline", messages
+        if touch == "subprocess":
+            assert stdout["SHELL_PWD"] == work_dir and '"name": "subprocess"' in stdout["SHELL_DESCRIPTION"]
+        if touch == "ctx":
+            assert stdout["CTX_WORK"] == work_dir
+        assert os.path.isfile(os.path.join(work_dir, "description.json"))
+        with eas.engine.connect() as connection:
+            seen = connection.execute(sa.select(metadata_items.c.value).where(
+                metadata_items.c.task_id == rows[touch].id, metadata_items.c.key == "seen")).scalar()
+        assert json.loads(seen) == touch
+    (untouched,) = attempts_of(eas, rows["untouched"].id)
+    assert untouched.state == "succeeded"
+    assert not os.path.exists(os.path.join(data_dir, "scratch", "attempt_%d" % untouched.id))
+
+
 def test_python_and_command_products_are_recorded_with_md5_and_size(eas, tmp_path):
     text = "hello products \u00e9\n"
     job_id = submit(eas, {"job_name": "products", "working_directory": "prodwd/sub", "task_list": [

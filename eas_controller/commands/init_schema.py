@@ -106,6 +106,7 @@ def initialise(args) -> int:
     ensure_database_exists(settings.database_url)
     engine = cli.connect(settings, check_schema=False)
     print("database: %s" % redact_url(settings.database_url))
+    print("database driver: %s" % engine.dialect.driver)
     if args.reset:
         if not args.yes:
             if not sys.stdin.isatty():

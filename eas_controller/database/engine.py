@@ -5,7 +5,8 @@
 - MariaDB/MySQL: READ COMMITTED, because under REPEATABLE READ gap locks plus concurrent inserts deadlock
   queue transactions; servers too old for ``SKIP LOCKED`` are refused.
 - PostgreSQL: READ COMMITTED is already the default.
-Deadlocks and lock timeouts are retried by :func:`run_transaction`, lost connections too.
+Deadlocks and lock timeouts are retried by :func:`run_transaction`, lost connections too. ``mysql://`` URLs
+without a driver use mysqlclient when it imports (C), else PyMySQL: see :func:`mysql_driver`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         return engine
     if backend in ("mysql", "mariadb"):
         if parsed.drivername in ("mysql", "mariadb"):
-            parsed = parsed.set(drivername=backend + "+pymysql")
+            parsed = parsed.set(drivername=backend + "+" + mysql_driver())
         query = dict(parsed.query)
         query.setdefault("charset", "utf8mb4")
         parsed = parsed.set(query=query)
@@ -56,6 +57,24 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         return sa.create_engine(parsed, isolation_level="READ COMMITTED", pool_pre_ping=True, pool_size=pool_size)
     raise DatabaseError("unsupported database %r: use sqlite, mysql/mariadb or postgresql URLs" % backend)
+
+
+_mysql_driver: str | None = None
+
+
+def mysql_driver() -> str:
+    """The driver a ``mysql://`` or ``mariadb://`` URL without one gets: ``mysqldb`` (mysqlclient, in C: about 40%
+    less client CPU per statement) when it can be imported, else ``pymysql``. A URL naming its driver keeps it."""
+    global _mysql_driver
+    if _mysql_driver is None:
+        try:
+            import MySQLdb  # noqa: F401  (mysqlclient)
+
+            _mysql_driver = "mysqldb"
+        except ImportError:
+            _mysql_driver = "pymysql"
+        logging.getLogger("eas.database").debug("MySQL/MariaDB URLs without a driver use %s", _mysql_driver)
+    return _mysql_driver
 
 
 #: Values per ``IN (...)`` list: well under SQLite's limit on bound parameters, short enough for any server.
@@ -107,7 +126,9 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 # Error codes of a database out of reach, and of a transaction worth trying again whole.
-_MYSQL_CONNECTION_CODES = {2006, 2013, 2003}  # gone away, lost, refused
+# gone away, lost, cannot connect (socket, TCP: MariaDB Connector/C says 2002 for both), refused,
+# disconnected for inactivity
+_MYSQL_CONNECTION_CODES = {2006, 2013, 2002, 2003, 4031}
 _MYSQL_CONFLICT_CODES = {1205, 1213}  # lock wait timeout, deadlock
 _POSTGRES_CONNECTION_STATES = {"57P01", "08006", "08001", "08003"}
 _POSTGRES_CONFLICT_STATES = {"40001", "40P01", "55P03"}

@@ -2,8 +2,14 @@
 
 Started by the worker as ``python -c ... <socket fd>``; it imports nothing heavy itself, receives the
 worker's ``sys.path`` first, then one request at a time. Its stdout and stderr are pipes the worker reads
-line by line; after each request it writes an end marker on both, so every line is attributed to the
-right attempt, then sends the reply.
+line by line; everything the child writes is in them before its reply is sent, so the worker reads what is
+left in the pipes after the reply and every line is attributed to the right attempt.
+
+A task whose scratch folder was deferred (see :func:`execution.prepare`) gets it here on the first touch:
+``ctx.work_dir``, reading ``EAS_WORK_DIR``, ``EAS_TASK_DESCRIPTION``, ``EAS_METADATA_IN`` or
+``EAS_METADATA_OUT`` from ``os.environ``, ``os.getcwd()``, and, through an audit hook, opening or listing a
+relative path or one inside the folder, changing directory, or starting a process. Until then the current
+directory is the child's own.
 """
 
 from __future__ import annotations
@@ -16,6 +22,77 @@ import time
 import traceback
 
 
+#: ``os.environ`` keys whose value is a path in the scratch folder: reading one makes the folder.
+_SCRATCH_VARIABLES = frozenset(("EAS_WORK_DIR", "EAS_TASK_DESCRIPTION", "EAS_METADATA_IN", "EAS_METADATA_OUT"))
+#: Audit events with a path first: a relative one, or one in the folder, makes it.
+_PATH_EVENTS = frozenset(("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename", "os.remove", "os.rmdir",
+                          "os.symlink", "os.link", "os.chmod", "os.chown", "os.truncate", "os.utime", "os.chflags",
+                          "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree", "shutil.move",
+                          "shutil.rmtree", "shutil.make_archive", "shutil.unpack_archive", "glob.glob", "tempfile.mkstemp",
+                          "tempfile.mkdtemp"))
+#: Audit events that hand the environment and current directory on, or change directory: they make it.
+_ALWAYS_EVENTS = frozenset(("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork",
+                            "os.forkpty", "os.chdir", "os.startfile", "pty.spawn"))
+
+
+class _Scratch:
+    """The deferred scratch folder of the running attempt, if any."""
+
+    work_dir: str | None = None
+    files: dict | None = None
+
+    @classmethod
+    def make(cls) -> None:
+        """Create the folder and files now and make it the current directory (once per attempt)."""
+        work_dir, files = cls.work_dir, cls.files
+        if files is None:
+            return
+        cls.files = None  # first: the file operations below pass through the audit hook
+        from eas_controller.worker.execution import make_work_dir, write_files
+
+        make_work_dir(work_dir)
+        write_files(files)
+        os.chdir(work_dir)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _Scratch.files is None:
+        return
+    if event in _ALWAYS_EVENTS:
+        _Scratch.make()
+    elif event in _PATH_EVENTS and args:
+        path = args[0]
+        if isinstance(path, int) or path is None:
+            return
+        try:
+            path = os.fsdecode(path)
+        except TypeError:
+            return
+        if not os.path.isabs(path) or path == _Scratch.work_dir or path.startswith(_Scratch.work_dir + os.sep):
+            _Scratch.make()
+
+
+class _ScratchEnviron(os._Environ):
+    """``os.environ``, making the deferred folder when one of its paths is read."""
+
+    def __getitem__(self, key):
+        if _Scratch.files is not None and key in _SCRATCH_VARIABLES:
+            _Scratch.make()
+        return super().__getitem__(key)
+
+
+def _install_scratch_hooks() -> None:
+    os.environ.__class__ = _ScratchEnviron
+    real_getcwd = os.getcwd
+
+    def getcwd() -> str:
+        _Scratch.make()
+        return real_getcwd()
+
+    os.getcwd = getcwd
+    sys.addaudithook(_audit)
+
+
 def main() -> None:
     from multiprocessing.connection import Connection
 
@@ -23,6 +100,7 @@ def main() -> None:
     init = connection.recv()
     sys.path[:] = init["sys_path"]
     sys.stdout.reconfigure(line_buffering=True)  # a pipe: print() lines would otherwise wait for 8 KiB
+    _install_scratch_hooks()
     functions: dict = {}
     while True:
         try:
@@ -35,11 +113,8 @@ def main() -> None:
             reply = _check_products(request, functions)
         else:
             reply = _run_task(request, functions)
-        sys.stdout.flush()
+        sys.stdout.flush()  # into the pipes before the reply: the worker reads them once it has the reply
         sys.stderr.flush()
-        marker = request["marker"].encode() + b"\n"
-        os.write(1, marker)
-        os.write(2, marker)
         connection.send(reply)
 
 
@@ -51,10 +126,32 @@ def _function(reference: str, functions: dict):
     return function
 
 
-def _run_task(request: dict, functions: dict) -> dict:
+def _context_class():
     from eas_controller.task_api import TaskContext
+
+    class ScratchContext(TaskContext):
+        """``ctx``, making the deferred folder when ``ctx.work_dir`` is read."""
+
+        @property
+        def work_dir(self) -> str:
+            _Scratch.make()
+            return self.__dict__["work_dir"]
+
+        @work_dir.setter
+        def work_dir(self, value: str) -> None:
+            self.__dict__["work_dir"] = value
+
+    return ScratchContext
+
+
+_contexts: list = []
+
+
+def _run_task(request: dict, functions: dict) -> dict:
     from eas_controller.tasks.builtin import TaskFailure
 
+    if not _contexts:
+        _contexts.append(_context_class())
     saved_environment = dict(os.environ)
     saved_directory = os.getcwd()
     usage_before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -63,9 +160,12 @@ def _run_task(request: dict, functions: dict) -> dict:
     context = None
     try:
         os.environ.update(request["environment"])
-        os.chdir(request["work_dir"])
-        context = TaskContext(request["environment"], request["description"], request["inputs"], request["outputs"],
-                              request["metadata_in"])
+        if request.get("deferred_files") is None:
+            os.chdir(request["work_dir"])
+        else:
+            _Scratch.work_dir, _Scratch.files = request["work_dir"], request["deferred_files"]
+        context = _contexts[0](request["environment"], request["description"], request["inputs"], request["outputs"],
+                               request["metadata_in"])
         _function(request["target"], functions)(context)
     except TaskFailure as failure:
         error = str(failure) or failure.__class__.__name__
@@ -75,6 +175,7 @@ def _run_task(request: dict, functions: dict) -> dict:
     except BaseException:  # the whole traceback is the explanation the user needs
         error = traceback.format_exc()
     finally:
+        _Scratch.files = None  # a folder the task never touched is never made
         os.chdir(saved_directory)
         _restore_environment(saved_environment)
     usage_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -72,6 +72,9 @@ class PreparedAttempt:
     description: dict = dataclasses.field(default_factory=dict)
     logs: LogBuffer = dataclasses.field(default_factory=LogBuffer)
     data_dir: str = ""
+    #: For a ``python:`` task whose folder is made on first use (see :func:`prepare`): {file path: its text}.
+    #: None once the folder and files exist.
+    deferred_files: dict | None = None
 
     @property
     def attempt_id(self) -> int:
@@ -83,13 +86,8 @@ def _variable_name(prefix: str, semantic_type: str) -> str:
     return prefix + cleaned
 
 
-def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] | None = None,
-            logs: LogBuffer | None = None) -> PreparedAttempt:
-    """Make the attempt's private folder, its JSON files and its environment.
-
-    ``gpu_ids``: the devices this attempt may use, or None on a worker without GPUs.
-    """
-    work_dir = os.path.join(data_dir, "scratch", "attempt_%d" % claim["attempt_id"])
+def make_work_dir(work_dir: str) -> None:
+    """Create an attempt's scratch folder, empty (a leftover of an earlier, cut-off run of it is removed)."""
     try:
         os.mkdir(work_dir)  # the common case in one system call: short tasks spend a good part of their time here
     except FileExistsError:  # left by an earlier run of this attempt that was cut off
@@ -97,7 +95,32 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
         os.makedirs(work_dir)
     except FileNotFoundError:  # the first attempt under this data directory
         os.makedirs(work_dir)
+
+
+def write_files(files: dict) -> None:
+    """The attempt's JSON files, one write each (json.dumps without indent runs in C)."""
+    for path, text in files.items():
+        with open(path, "w") as handle:
+            handle.write(text)
+
+
+def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] | None = None,
+            logs: LogBuffer | None = None) -> PreparedAttempt:
+    """Make the attempt's private folder, its JSON files and its environment.
+
+    ``gpu_ids``: the devices this attempt may use, or None on a worker without GPUs.
+
+    A ``python:`` task without declared outputs gets its folder and files only when it uses them: the
+    reusable child makes them on the first touch (``ctx.work_dir``, reading one of their ``EAS_*`` variables,
+    the current directory, a file operation on a relative path or inside the folder, starting a process).
+    On this disk the folder, its two files and their removal cost ~1-2 ms of a slot's time, more than a
+    short task itself; most ``python:`` tasks read everything from ``ctx`` and never touch them.
+    """
+    work_dir = os.path.join(data_dir, "scratch", "attempt_%d" % claim["attempt_id"])
     description = claim["description"]
+    deferred = task_type.kind == "python" and not description.get("outputs")
+    if not deferred:
+        make_work_dir(work_dir)
     directory = claim["working_directory"] or ""
     inputs, outputs, final_outputs = {}, {}, {}
     for semantic, filename in (description.get("inputs") or {}).items():
@@ -109,11 +132,11 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
         os.makedirs(os.path.dirname(outputs[semantic]), exist_ok=True)
     paths = {name: os.path.join(work_dir, name) for name in
              ("description.json", "metadata_in.json", "metadata_out.json")}
-    # json.dumps without indent runs in C; one write per file
-    with open(paths["description.json"], "w") as handle:
-        handle.write(json.dumps(description))
-    with open(paths["metadata_in.json"], "w") as handle:
-        handle.write(json.dumps({"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}))
+    files = {paths["description.json"]: json.dumps(description),
+             paths["metadata_in.json"]: json.dumps({"metadata": claim["metadata"],
+                                                    "requested_metadata": claim["requested_metadata"]})}
+    if not deferred:
+        write_files(files)
     environment = {
         "EAS_TASK_ID": str(claim["task_id"]),
         "EAS_ATTEMPT_ID": str(claim["attempt_id"]),
@@ -136,6 +159,7 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
         final_outputs=final_outputs, description_path=paths["description.json"],
         metadata_in_path=paths["metadata_in.json"], metadata_out_path=paths["metadata_out.json"],
         description=description, logs=logs if logs is not None else LogBuffer(), data_dir=data_dir,
+        deferred_files=files if deferred else None,
     )
 
 

@@ -58,38 +58,27 @@ class LogBuffer:
 
 
 class PipeLines:
-    """Splits the bytes of one pipe (stdout or stderr) into timestamped lines for a :class:`LogBuffer`.
-
-    ``marker`` (bytes) ends one request of a reusable child: text before it on the same line is kept,
-    the marker itself is not; :meth:`feed` returns True once it has been seen.
-    """
+    """Splits the bytes of one pipe (stdout or stderr) into timestamped lines for a :class:`LogBuffer`."""
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self.severity = STREAM_SEVERITY.get(stream, "INFO")
         self.partial = b""
 
-    def feed(self, data: bytes, sink: LogBuffer | None, marker: bytes | None = None) -> bool:
+    def feed(self, data: bytes, sink: LogBuffer | None) -> None:
         when = time.time()
         self.partial += data
-        seen = False
         if b"\n" not in self.partial:
             if len(self.partial) > 4 * MAX_LINE_CHARS:  # a very long line without a newline: cut it here
                 self._emit(self.partial, sink, when)
                 self.partial = b""
-            return False
+            return
         *complete, self.partial = self.partial.split(b"\n")
         for line in complete:
-            if marker is not None and marker in line:
-                line = line[: line.index(marker)]
-                seen = True
-                if not line:
-                    continue
             self._emit(line, sink, when)
-        return seen
 
     def finish(self, sink: LogBuffer | None) -> None:
-        """The pipe closed: a last line without a newline is still a line."""
+        """The pipe closed, or a request of a reusable child ended: a last line without a newline is still a line."""
         if self.partial:
             self._emit(self.partial, sink, time.time())
             self.partial = b""
