@@ -142,12 +142,14 @@ def running_of_worker(connection: Connection, worker_id: int) -> list:
 
 def orphaned(connection: Connection, owner: int, started_before: float, known: list[int]) -> list:
     """Running attempts of ``owner`` started before ``started_before`` that the worker does not know of (a
-    claim whose reply was lost with the connection), locked."""
+    claim whose reply was lost with the connection). Read without a lock: locking through the state index
+    would lock other workers' rows too (deadlocks with many workers); :func:`release` locks each by id and
+    checks its state again."""
     query = sa.select(attempts.c.id, attempts.c.task_id, attempts.c.state).where(
         attempts.c.state == states.A_RUNNING, attempts.c.worker_id == owner, attempts.c.started_at < started_before)
     if known:
         query = query.where(attempts.c.id.notin_(known))
-    return connection.execute(query.with_for_update()).all()
+    return connection.execute(query).all()
 
 
 # -- ending ------------------------------------------------------------------------------------------------
@@ -208,11 +210,11 @@ def finish(connection: Connection, updates: list[dict], owner: int, current: dic
 
 
 def release(connection: Connection, attempt_id: int, task_id: int, now: float, note: str, wall_s: float | None = None,
-            current: dict[int, str] | None = None) -> Moved:
+            current: dict[int, str] | None = None, owner: int | None = None) -> Moved:
     """Give a running attempt back: it ends ``cancelled`` (not a failure) and its task is ready again with
-    the attempt not counted."""
+    the attempt not counted. With ``owner``, only while that worker holds it."""
     moved = guarded_update(connection, attempts, [attempt_id], RELEASE_FROM, dict(
-        state=states.A_CANCELLED, ended_at=now, wall_s=wall_s, error_text=note), current=current)
+        state=states.A_CANCELLED, ended_at=now, wall_s=wall_s, error_text=note), current=current, owner=owner)
     if moved.moved:
         task_store.release_running(connection, [task_id], now)
     return moved

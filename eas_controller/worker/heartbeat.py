@@ -73,8 +73,8 @@ class HeartbeatMixin:
                     log_store.write_lines(connection, attempt_id, by_id[attempt_id].claim["task_id"],
                                           pending.get(attempt_id, []))
             for row in attempt_store.orphaned(connection, me, cutoff, list(by_id)):
-                attempt_store.release(connection, row.id, row.task_id, now, ORPHAN_NOTE, current={row.id: row.state})
-                orphans.append(row.id)
+                if attempt_store.release(connection, row.id, row.task_id, now, ORPHAN_NOTE, owner=me).moved:
+                    orphans.append(row.id)
             worker_store.heartbeat(connection, me, now, self.capacity.free_slots, list(self.types), self.stopping.is_set())
             return lost, orphans
 
