@@ -21,6 +21,7 @@ CANCELLED = "cancelled"
 HELD = "held"  # kept out of the queue by empty_queue.py --hold until released (--release)
 
 TASK_STATES = (WAITING, READY, QUEUED, RUNNING, DONE, FAILED, CANCELLED, HELD)
+TASK_FINAL_STATES = (DONE, FAILED, CANCELLED)
 TASK_UNFINISHED_STATES = (WAITING, READY, QUEUED, RUNNING, HELD)
 
 TASK_TRANSITIONS = {
