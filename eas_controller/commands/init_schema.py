@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import urllib.parse
 
 from eas_controller import cli
 from eas_controller.config import redact_url, save_settings
@@ -11,6 +10,8 @@ from eas_controller.config import redact_url, save_settings
 EPILOG = """examples:
   ./init_schema.py                                   embedded SQLite under ./data (the default)
   ./init_schema.py --db_host 127.0.0.1 --db_port 3306 --db_user root --db_name eas
+  ./init_schema.py --db_user root --db_name eas      the same on this machine (host defaults to localhost)
+  ./init_schema.py --db_engine sqlite3 --db_name plato   SQLite file <data dir>/plato.sqlite
   ./init_schema.py --db-url postgresql://postgres@127.0.0.1/eas
   ./init_schema.py --task-types my_types.yaml        add your own task types (remembered)
 The connection and the registry files are recorded in the settings file, so later scripts need no flags."""
@@ -18,27 +19,13 @@ The connection and the registry files are recorded in the settings file, so late
 
 def build_parser():
     parser = cli.parser(__doc__, EPILOG)
-    seed = parser.add_argument_group("MySQL/MariaDB connection (alternative to --db-url)")
-    seed.add_argument("--db_host", help="database host")
-    seed.add_argument("--db_port", type=int, help="database port (default 3306)")
-    seed.add_argument("--db_user", help="database user (default root)")
-    seed.add_argument("--db_passwd", help="database password (stored in the settings file, never printed)")
-    seed.add_argument("--db_name", help="database name (default eas; created if missing)")
+    cli.add_seed_database_flags(parser)
     parser.add_argument("--task-types", action="append", metavar="FILE", default=None,
                         help="a task-type registry (YAML) to load in addition to the shipped one; repeatable")
     parser.add_argument("--reset", action="store_true", help="drop every EAS table first (destroys all tasks)")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation with --reset")
     parser.add_argument("--no-save", action="store_true", help="do not record the connection in the settings file")
     return parser
-
-
-SEED_FLAGS = ("db_port", "db_user", "db_passwd", "db_name")
-
-
-def mysql_url(args) -> str:
-    password = ":" + urllib.parse.quote(args.db_passwd, safe="") if args.db_passwd else ""
-    return "mysql+pymysql://%s%s@%s:%d/%s" % (urllib.parse.quote(args.db_user or "root", safe=""), password,
-                                              args.db_host, args.db_port or 3306, args.db_name or "eas")
 
 
 def ensure_database_exists(url: str) -> None:
@@ -82,21 +69,17 @@ def initialise(args) -> int:
     from eas_controller.database.manage import create_schema, drop_schema
     from eas_controller.registry import read_registries, store_registry
 
-    if args.db_host and args.db_url:
-        raise cli.CommandError("give either --db-url or --db_host/--db_port/..., not both")
-    given = ["--" + flag for flag in SEED_FLAGS if getattr(args, flag) is not None]
-    if given and not args.db_host:
-        raise cli.CommandError("%s given without --db_host (the MySQL/MariaDB server to use)" % ", ".join(given))
-    db_url = mysql_url(args) if args.db_host else args.db_url
-    settings = cli.settings_from(args, db_url=db_url)
+    settings = cli.settings_from(args)
+    for note in cli.seed_database_notes(args):
+        print("note: %s" % note)
     if args.task_types is not None:
         task_type_files = [os.path.abspath(path) for path in args.task_types]
     else:
         task_type_files = settings.task_type_files
     types = read_registries(task_type_files)  # validate before touching the database
+    print("database: %s" % redact_url(settings.database_url))  # first, so a connection error says which
     ensure_database_exists(settings.database_url)
     engine = cli.connect(settings, check_schema=False)
-    print("database: %s" % redact_url(settings.database_url))
     if args.reset:
         if not args.yes:
             if not sys.stdin.isatty():
