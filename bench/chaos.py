@@ -82,8 +82,10 @@ class Run:
         self.scheduler: subprocess.Popen | None = None
         self.actions: list[tuple[float, str, object]] = []  # (when, what, callable): restarts and resumes
         self.faults = {kind: 0 for kind in FAULT_KINDS}
-        self.unexpected = dict(worker=0, scheduler=0)
+        self.unexpected = dict(worker=0, scheduler=0, start_refused_in_outage=0)
         self.outage = False
+        self.last_outage = 0.0  # monotonic time the last outage ended (or now, while one lasts)
+        self.started_at: dict[str, float] = {}
         self.events: list[str] = []
         self.engine = None
 
@@ -136,6 +138,7 @@ class Run:
 
     def start_worker(self, name: str) -> None:
         self.down.discard(name)
+        self.started_at[name] = time.monotonic()
         self.workers[name] = self._spawn(name, "worker", "--name", name, "--concurrency", str(self.args.concurrency),
                                          "--cpus", str(self.args.concurrency), "--poll-interval", "0.2")
 
@@ -146,8 +149,13 @@ class Run:
         """A process that exited without being told to is a finding: count it and start it again."""
         for name, process in list(self.workers.items()):
             if name not in self.down and process.poll() is not None:
-                self.unexpected["worker"] += 1
-                self.note("worker %s exited by itself (status %s); restarted" % (name, process.returncode))
+                if process.returncode == 2 and 0 <= self.last_outage - self.started_at[name] < 30:
+                    # started (by us) just before or during an outage: it could not reach the server to begin
+                    self.unexpected["start_refused_in_outage"] += 1
+                    self.note("worker %s could not start during the outage (status 2); restarted" % name)
+                else:
+                    self.unexpected["worker"] += 1
+                    self.note("worker %s exited by itself (status %s); restarted" % (name, process.returncode))
                 self.start_worker(name)
         if self.scheduler.poll() is not None:
             self.unexpected["scheduler"] += 1
@@ -209,11 +217,13 @@ class Run:
         elif kind == "db_kill":
             self.database.kill()
             self.outage = True
+            self.last_outage = time.monotonic()
             delay = self.rng.uniform(*self.args.db_outage)
             self.note("kill -9 the database server; restart in %.1f s" % delay)
             self.later(delay, "restart database", self.restart_database)
         elif kind == "broker_restart":
             self.outage = True
+            self.last_outage = time.monotonic()
             self.note("restarting the RabbitMQ node")
             self.broker.stop()
             delay = self.rng.uniform(1.0, 4.0)
@@ -231,12 +241,12 @@ class Run:
 
     def restart_database(self) -> None:
         self.database.start()
-        self.outage = False
+        self.outage, self.last_outage = False, time.monotonic()
         self.note("database server back")
 
     def restart_broker(self) -> None:
         self.broker.start()
-        self.outage = False
+        self.outage, self.last_outage = False, time.monotonic()
         self.note("RabbitMQ node back")
 
     # -- the run --------------------------------------------------------------------------------------------

@@ -147,6 +147,7 @@ def table(report: dict) -> str:
             products_figures["missing_file"], products_figures["not_made"], products_figures["wrong_attempt"])),
         ("unexpected exits (worker, scheduler)", "%d, %d" % (report["unexpected_exits"]["worker"],
                                                              report["unexpected_exits"]["scheduler"])),
+        ("workers that could not start during an outage", report["unexpected_exits"]["start_refused_in_outage"]),
         ("outcome", "OK" if not report["problems"] else "FAILED: " + "; ".join(report["problems"])),
     ]
     return tabulate(rows, headers=("chaos run", "figure"))
