@@ -98,7 +98,8 @@ class Run:
         if self.broker:
             env["EAS_AMQP_URL"] = self.broker.url
         for flag, variable in (("lease_seconds", "EAS_LEASE_SECONDS"), ("max_attempts", "EAS_MAX_ATTEMPTS"),
-                               ("retry_backoff", "EAS_RETRY_BACKOFF_SECONDS")):
+                               ("retry_backoff", "EAS_RETRY_BACKOFF_SECONDS"),
+                               ("max_lost_attempts", "EAS_MAX_LOST_ATTEMPTS")):
             if getattr(self.args, flag) is not None:
                 env[variable] = str(getattr(self.args, flag))
         return env
@@ -370,6 +371,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lease-seconds", type=float, help="EAS_LEASE_SECONDS for this run (default: the product's)")
     parser.add_argument("--max-attempts", type=int, help="EAS_MAX_ATTEMPTS for this run (default: the product's)")
     parser.add_argument("--retry-backoff", type=float, help="EAS_RETRY_BACKOFF_SECONDS (default: the product's)")
+    parser.add_argument("--max-lost-attempts", type=int,
+                        help="EAS_MAX_LOST_ATTEMPTS: retries of attempts whose worker was lost, for a controller "
+                             "that has this setting (default: the product's)")
     parser.add_argument("--task-seconds", type=float, nargs=2, default=(0.1, 0.5), metavar=("MIN", "MAX"),
                         help="each task sleeps a random time in this range (default 0.1 0.5)")
     parser.add_argument("--product-bytes", type=int, default=2000, help="size of each product (default 2000)")
