@@ -180,3 +180,21 @@ def test_worker_seed_broker_flags_run_a_task_in_burst_mode(tmp_path, cleanup, wi
     assert_all_done(environment.engine, 3)
     with environment.engine.connect() as connection:
         assert set(connection.execute(sa.select(schema.attempts.c.queue)).scalars()) == {"amqp"}
+
+
+def test_init_queues_broker_flags_without_mq_host_mean_localhost(tmp_path, cleanup):  # noqa: F811
+    environment = environment_for("amqp", "sqlite", tmp_path)
+    cleanup(environment)
+    broker = urllib.parse.urlparse(environment.settings.amqp_url)
+    result = without_variables(environment, "EAS_QUEUE", "EAS_AMQP_URL").script(
+        "database_initialisation/init_queues.py", "--mq_port", str(broker.port or 5672),
+        "--mq_user", urllib.parse.unquote(broker.username), "--mq_passwd", urllib.parse.unquote(broker.password))
+    expected = "amqp://%s:***@localhost:%d/%%2F" % (broker.username, broker.port or 5672)
+    assert "queue: RabbitMQ at %s" % expected in result.stdout, result.stdout
+    assert ":%s@" % broker.password not in result.stdout + result.stderr
+    recorded = recorded_settings(environment)
+    assert recorded["queue"] == "amqp" and "@localhost:" in recorded["amqp_url"]
+    both = without_variables(environment, "EAS_QUEUE", "EAS_AMQP_URL").script(
+        "database_initialisation/init_queues.py", "--mq_host", "localhost", "--amqp-url", environment.settings.amqp_url,
+        check=False)
+    assert both.returncode == 2 and "either --amqp-url or --mq_host" in both.stderr, both.stderr
