@@ -88,6 +88,7 @@ class Run:
         self.started_at: dict[str, float] = {}
         self.events: list[str] = []
         self.engine = None
+        self.last_action = 0.0  # when the last restart or resume was done
 
     # -- set-up -----------------------------------------------------------------------------------------
     def environment(self) -> dict:
@@ -172,6 +173,7 @@ class Run:
             if item[0] <= now:
                 self.actions.remove(item)
                 item[2]()
+                self.last_action = time.monotonic()
 
     def note(self, text: str) -> None:
         line = "%s %s" % (time.strftime("%H:%M:%S"), text)
@@ -301,7 +303,8 @@ class Run:
                 if now - last_print > 10 and not self.args.quiet:
                     print("  %d/%d done, %d attempts, %s" % (done, total, attempt_count, counts), flush=True)
                     last_print = now
-                if total and final == total and not self.actions and not plan:
+                # all final; a worker resumed or restarted just now gets a few seconds to try its stale writes
+                if total and final == total and not self.actions and now - self.last_action > 5:
                     break
                 if not self.actions and active == 0 and now - last_change > 15:
                     stuck = "no task ready, queued or running for 15 s; states %s" % counts
