@@ -111,7 +111,8 @@ def problems_of(report: dict) -> list[str]:
     """What makes the run a failure: anything lost, done twice, or a product that is not what was recorded."""
     found = []
     if report["lost_tasks"]:
-        found.append("%d task(s) not done: %s" % (report["lost_tasks"], ", ".join(report["lost_examples"])))
+        states = ", ".join("%s %d" % item for item in report["task_states"].items() if item[0] != "done")
+        found.append("%d task(s) not done (%s)" % (report["lost_tasks"], states))
     if report["succeeded_twice"]:
         found.append("%d task(s) succeeded twice" % report["succeeded_twice"])
     if report["done_without_success"]:
@@ -148,6 +149,6 @@ def table(report: dict) -> str:
         ("unexpected exits (worker, scheduler)", "%d, %d" % (report["unexpected_exits"]["worker"],
                                                              report["unexpected_exits"]["scheduler"])),
         ("workers that could not start during an outage", report["unexpected_exits"]["start_refused_in_outage"]),
-        ("outcome", "OK" if not report["problems"] else "FAILED: " + "; ".join(report["problems"])),
+        ("outcome", "OK" if not report["problems"] else "FAILED:\n" + "\n".join(report["problems"])),
     ]
     return tabulate(rows, headers=("chaos run", "figure"))
