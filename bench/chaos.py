@@ -66,6 +66,28 @@ def build_chain(count: int, rng: random.Random, seconds: tuple[float, float], si
     return dict(job_name="chaos", working_directory="chaos", task_list=task_list)
 
 
+def process_tree(pid: int) -> list:
+    """The worker and every process below it: task children run in sessions of their own, so a process-group
+    signal would miss them, and a lost machine loses them too."""
+    import psutil
+
+    try:
+        worker = psutil.Process(pid)
+        return [worker] + worker.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signal_all(processes: list, signum: int) -> None:
+    import psutil
+
+    for process in processes:
+        try:
+            process.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
 class Run:
     """The private servers, the scheduler and workers of one chaos run, and the faults done to them."""
 
@@ -134,7 +156,7 @@ class Run:
         log = open(os.path.join(self.work_dir, "%s.log" % name), "a")
         process = subprocess.Popen([sys.executable, "-m", "eas_controller", *words], cwd=PROJECT_ROOT,
                                    env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: kill -9 it all
+                                   stdin=subprocess.DEVNULL, start_new_session=True)  # no terminal signals from us
         log.close()
         return process
 
@@ -203,20 +225,22 @@ class Run:
             name = self.victim()
             if name is None:
                 return False
-            group = self.workers[name].pid
+            tree = process_tree(self.workers[name].pid)
             if kind == "worker_kill":
-                os.killpg(group, signal.SIGKILL)
+                signal_all(tree, signal.SIGKILL)
                 self.workers[name].wait()
                 self.down.add(name)
                 delay = self.rng.uniform(0.5, 3.0)
-                self.note("kill -9 worker %s; restart in %.1f s" % (name, delay))
+                self.note("kill -9 worker %s and its %d task process(es); restart in %.1f s"
+                          % (name, len(tree) - 1, delay))
                 self.later(delay, "restart " + name, lambda: self.start_worker(name))
             else:
-                os.killpg(group, signal.SIGSTOP)
+                signal_all(tree, signal.SIGSTOP)
                 self.paused.add(name)
                 pause = self.settings().lease_seconds * 1.5 + 2
-                self.note("SIGSTOP worker %s for %.0f s (past its lease)" % (name, pause))
-                self.later(pause, "resume " + name, lambda: self.resume(name, group))
+                self.note("SIGSTOP worker %s and its %d task process(es) for %.0f s (past its lease)"
+                          % (name, len(tree) - 1, pause))
+                self.later(pause, "resume " + name, lambda: self.resume(name, tree))
         elif kind == "db_kill":
             self.database.kill()
             self.outage = True
@@ -234,11 +258,8 @@ class Run:
         self.faults[kind] += 1
         return True
 
-    def resume(self, name: str, group: int) -> None:
-        try:
-            os.killpg(group, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    def resume(self, name: str, tree: list) -> None:
+        signal_all(tree, signal.SIGCONT)
         self.paused.discard(name)
         self.note("SIGCONT worker %s" % name)
 
@@ -328,23 +349,21 @@ class Run:
         processes = list(self.workers.values()) + ([self.scheduler] if self.scheduler else [])
         for process in processes:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGCONT)
+                signal_all(process_tree(process.pid), signal.SIGCONT)
                 process.terminate()
         for process in processes:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                signal_all(process_tree(process.pid), signal.SIGKILL)
                 process.wait()
 
     def tear_down(self) -> None:
         for process in list(self.workers.values()) + ([self.scheduler] if self.scheduler else []):
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGCONT)
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                tree = process_tree(process.pid)
+                signal_all(tree, signal.SIGCONT)
+                signal_all(tree, signal.SIGKILL)
                 process.wait()
         if self.engine is not None:
             self.engine.dispose()
