@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import urllib.parse
 from typing import Callable
 
 from eas_controller.config import ConfigError, Settings, load_settings
@@ -28,10 +30,98 @@ def parser(description: str, epilog: str | None = None) -> argparse.ArgumentPars
     return result
 
 
+SEED_DATABASE_FLAGS = ("db_engine", "db_host", "db_port", "db_user", "db_passwd", "db_name")
+SEED_BROKER_FLAGS = ("mq_host", "mq_port", "mq_user", "mq_passwd", "mq_vhost")
+
+
+def add_seed_database_flags(result: argparse.ArgumentParser) -> None:
+    """The seed's database flags; any of them given builds the URL (see :func:`seed_database_url`)."""
+    group = result.add_argument_group("database as the seed's flags name it (alternative to --db-url; a flag "
+                                      "left out takes its default)")
+    group.add_argument("--db_engine", choices=("mysql", "sqlite3"),
+                       help="mysql (MariaDB/MySQL server, the default) or sqlite3 (the file "
+                            "<data dir>/<db_name>.sqlite; host, port, user and password are not used)")
+    group.add_argument("--db_host", help="database host (default localhost)")
+    group.add_argument("--db_port", type=int, help="database port (default 3306)")
+    group.add_argument("--db_user", help="database user (default root)")
+    group.add_argument("--db_passwd", help="database password (default none; never printed)")
+    group.add_argument("--db_name", help="database name (default eas)")
+
+
+def add_seed_broker_flags(result: argparse.ArgumentParser) -> None:
+    """The seed's queue flags; any broker flag given builds the RabbitMQ URL and selects the AMQP queue."""
+    result.add_argument("--queue_implementation", "--queue-implementation", dest="queue_implementation",
+                        choices=("sql", "amqp"),
+                        help="sql or amqp (default: amqp when a broker flag is given, else the configured queue)")
+    group = result.add_argument_group("RabbitMQ as the seed's flags name it (alternative to --amqp-url; a flag "
+                                      "left out takes its default)")
+    group.add_argument("--mq_host", help="broker host (default localhost)")
+    group.add_argument("--mq_port", type=int, help="broker port (default 5672)")
+    group.add_argument("--mq_user", help="broker user (default guest)")
+    group.add_argument("--mq_passwd", help="broker password (default guest; never printed)")
+    group.add_argument("--mq_vhost", help="virtual host (default /)")
+
+
+def _given(args: argparse.Namespace, flags) -> list[str]:
+    return ["--" + flag for flag in flags if getattr(args, flag, None) is not None]
+
+
+def seed_database_url(args: argparse.Namespace, data_dir: str) -> str | None:
+    """The URL the seed's database flags name, or None when none was given.
+
+    As in the seed, a flag left out takes its default (host localhost, port 3306, user root, database eas),
+    so ``--db_user eas`` alone means the server on this machine. ``--db_engine sqlite3`` names the file
+    ``<data_dir>/<db_name>.sqlite`` (``eas.sqlite``, the built-in default, when no name is given)."""
+    given = _given(args, SEED_DATABASE_FLAGS)
+    if not given:
+        return None
+    if getattr(args, "db_url", None):
+        raise CommandError("give either --db-url or %s, not both" % ", ".join(given))
+    name = args.db_name or "eas"
+    if args.db_engine == "sqlite3":
+        if not name or "/" in name or name in (".", ".."):
+            raise CommandError("--db_name %r cannot name an SQLite file (no '/' allowed)" % name)
+        return "sqlite:///" + os.path.join(data_dir, name + ".sqlite")
+    password = ":" + urllib.parse.quote(args.db_passwd, safe="") if args.db_passwd else ""
+    return "mysql+pymysql://%s%s@%s:%d/%s" % (urllib.parse.quote(args.db_user or "root", safe=""), password,
+                                              args.db_host or "localhost", args.db_port or 3306, name)
+
+
+def seed_database_notes(args: argparse.Namespace) -> list[str]:
+    """Seed flags that the chosen engine does not use (the seed ignored them silently; we say so)."""
+    if getattr(args, "db_engine", None) != "sqlite3":
+        return []
+    unused = _given(args, ("db_host", "db_port", "db_user", "db_passwd"))
+    return ["%s not used by --db_engine sqlite3" % ", ".join(unused)] if unused else []
+
+
+def seed_amqp_url(args: argparse.Namespace) -> str | None:
+    """The RabbitMQ URL the seed's broker flags name, or None when none was given (host defaults to localhost)."""
+    given = _given(args, SEED_BROKER_FLAGS)
+    if not given:
+        return None
+    if getattr(args, "amqp_url", None):
+        raise CommandError("give either --amqp-url or %s, not both" % ", ".join(given))
+    quote = lambda text: urllib.parse.quote(text, safe="")  # noqa: E731
+    return "amqp://%s:%s@%s:%d/%s" % (quote(args.mq_user or "guest"), quote(args.mq_passwd or "guest"),
+                                      args.mq_host or "localhost", args.mq_port or 5672, quote(args.mq_vhost or "/"))
+
+
 def settings_from(args: argparse.Namespace, **overrides) -> Settings:
+    """Settings for this run: the flags given (seed flags included) over environment, settings file, defaults."""
     values = dict(db_url=getattr(args, "db_url", None), data_dir=getattr(args, "data_dir", None))
     values.update(overrides)
-    return load_settings(values, config_path=getattr(args, "config", None))
+    amqp_url = seed_amqp_url(args)
+    if amqp_url and values.get("amqp_url") is None:
+        values["amqp_url"] = amqp_url
+    if hasattr(args, "queue_implementation") and values.get("queue") is None:
+        values["queue"] = args.queue_implementation or ("amqp" if amqp_url or getattr(args, "amqp_url", None)
+                                                        else None)
+    settings = load_settings(values, config_path=getattr(args, "config", None))
+    db_url = seed_database_url(args, settings.data_dir)
+    if db_url and overrides.get("db_url") is None:
+        settings.db_url = db_url
+    return settings
 
 
 def connect(settings: Settings, check_schema: bool = True):

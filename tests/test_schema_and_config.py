@@ -165,7 +165,8 @@ def test_seed_flags_are_recorded_and_used_by_later_scripts(eas_mysql, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--db_user", "eas", "--db_passwd", PASSWORD], ["--db_user, --db_passwd", "without --db_host"]),
+    (["--db_user", "eas_nobody", "--db_passwd", PASSWORD, "--db_name", "eas_nowhere"],
+     ["error: cannot use the database", "Access denied for user 'eas_nobody'"]),  # no --db_host: this machine
     (["--db_host", "127.0.0.1", "--db-url", "sqlite:///x.sqlite"], ["either --db-url or --db_host"]),
 ])
 def test_seed_flags_are_checked(eas_sqlite, args, words):
@@ -173,6 +174,8 @@ def test_seed_flags_are_checked(eas_sqlite, args, words):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
+    if "--db_user" in args:
+        assert "database: mysql+pymysql://eas_nobody:***@localhost:3306/eas_nowhere" in result.stdout, result.stdout
     assert PASSWORD not in result.stdout + result.stderr
     assert not os.path.exists(eas_sqlite.settings.settings_path)
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 from eas_controller import cli
 
 EPILOG = """examples:
+  ./db_save.py                                 writes YYYYMMDD_HHMMSS.jsonl.gz (now, local time) here
   ./db_save.py --output eas-2024-05-01.jsonl.gz
   ./db_save.py --db-url mysql://root@127.0.0.1/eas --output backup.jsonl.gz"""
 
 
 def build_parser():
     parser = cli.parser(__doc__, EPILOG)
-    parser.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write (.jsonl.gz)")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="file to write (.jsonl.gz; default: named from the local date and time, "
+                             "YYYYMMDD_HHMMSS.jsonl.gz in the current folder)")
     parser.add_argument("--quiet", action="store_true", help="do not list the tables")
     return parser
 
@@ -24,12 +27,23 @@ def main(argv: list[str]) -> int:
     return cli.run(lambda: save(args))
 
 
+def default_output(now: float | None = None) -> str:
+    """The seed's dump name: the local date and time, so successive saves never overwrite each other."""
+    import time
+
+    return time.strftime("%Y%m%d_%H%M%S.jsonl.gz", time.localtime(now))
+
+
 def save(args) -> int:
     import os
 
     from eas_controller import backup
     from eas_controller.config import redact_url
 
+    if args.output is None:
+        args.output = default_output()
+        if os.path.exists(args.output):
+            raise cli.CommandError("%s already exists (saved less than a second ago?); give --output" % args.output)
     settings = cli.settings_from(args)
     engine = cli.connect(settings)
     progress = None if args.quiet else (lambda table, rows: print("  %-24s %10d rows" % (table, rows)))

@@ -7,13 +7,12 @@ use the new queue."""
 
 from __future__ import annotations
 
-import urllib.parse
-
 from eas_controller import cli
 from eas_controller.config import redact_url, save_settings
 
 EPILOG = """examples:
   ./init_queues.py --mq_host 127.0.0.1 --mq_port 5672            RabbitMQ (user/password guest/guest)
+  ./init_queues.py --mq_user eas --mq_passwd secret               RabbitMQ on this machine (host localhost)
   ./init_queues.py --amqp-url amqp://eas:secret@mq.example.org:5672/%2F
   ./init_queues.py --queue_implementation sql                    queue inside the database (no broker)
   ./init_queues.py                                               re-declare the configured queues
@@ -22,15 +21,7 @@ The choice is recorded in the settings file, so the scheduler and the workers ne
 
 def build_parser():
     parser = cli.parser(__doc__, EPILOG)
-    parser.add_argument("--queue_implementation", "--queue-implementation", dest="implementation",
-                        choices=("sql", "amqp"),
-                        help="sql or amqp (default: amqp when a broker is named, else the configured one)")
-    broker = parser.add_argument_group("RabbitMQ connection (alternative to --amqp-url)")
-    broker.add_argument("--mq_host", help="broker host")
-    broker.add_argument("--mq_port", type=int, default=5672, help="broker port (default 5672)")
-    broker.add_argument("--mq_user", default="guest", help="broker user (default guest)")
-    broker.add_argument("--mq_passwd", default="guest", help="broker password (stored in the settings file, never printed)")
-    broker.add_argument("--mq_vhost", default="/", help="virtual host (default /)")
+    cli.add_seed_broker_flags(parser)
     parser.add_argument("--amqp-url", help="RabbitMQ URL, e.g. amqp://user:pw@host:5672/%%2F (environment: EAS_AMQP_URL)")
     parser.add_argument("--queue-prefix", help="prefix of the RabbitMQ queue names (default eas.; "
                                                "environment: EAS_AMQP_QUEUE_PREFIX)")
@@ -41,20 +32,8 @@ def build_parser():
     return parser
 
 
-def amqp_url_from(args) -> str | None:
-    if args.amqp_url:
-        return args.amqp_url
-    if not args.mq_host:
-        return None
-    quote = lambda text: urllib.parse.quote(text, safe="")  # noqa: E731
-    return "amqp://%s:%s@%s:%d/%s" % (quote(args.mq_user), quote(args.mq_passwd), args.mq_host, args.mq_port,
-                                      quote(args.mq_vhost))
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.amqp_url and args.mq_host:
-        raise SystemExit("error: give either --amqp-url or --mq_host/--mq_port/..., not both")
     if args.consumer_timeout is not None and args.consumer_timeout <= 0:
         raise SystemExit("error: --consumer-timeout must be positive")
     return cli.run(lambda: initialise(args))
@@ -66,9 +45,8 @@ def initialise(args) -> int:
     from eas_controller.queues.transfer import to_amqp, to_sql
     from eas_controller.recovery import registered_types
 
-    url = amqp_url_from(args)
-    implementation = args.implementation or ("amqp" if url else None)
-    settings = cli.settings_from(args, queue=implementation, amqp_url=url, amqp_queue_prefix=args.queue_prefix)
+    url = args.amqp_url or cli.seed_amqp_url(args)
+    settings = cli.settings_from(args, amqp_url=url, amqp_queue_prefix=args.queue_prefix)
     engine = cli.connect(settings)
     names = registered_types(engine)
     print("database: %s" % redact_url(settings.database_url))

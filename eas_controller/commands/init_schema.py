@@ -6,7 +6,6 @@ An existing database of an older schema version is upgraded in place, through th
 from __future__ import annotations
 
 import sys
-import urllib.parse
 
 from eas_controller import cli
 from eas_controller.config import redact_url, save_settings
@@ -14,6 +13,8 @@ from eas_controller.config import redact_url, save_settings
 EPILOG = """examples:
   ./init_schema.py                                   embedded SQLite under ./data (the default)
   ./init_schema.py --db_host 127.0.0.1 --db_port 3306 --db_user root --db_name eas
+  ./init_schema.py --db_user root --db_name eas      the same on this machine (host defaults to localhost)
+  ./init_schema.py --db_engine sqlite3 --db_name plato   SQLite file <data dir>/plato.sqlite
   ./init_schema.py --db-url postgresql://postgres@127.0.0.1/eas
   ./init_schema.py --task-types my_types.yaml        add your own task types (remembered)
   ./init_schema.py --upgrade                         after installing a new release: apply pending revisions
@@ -22,12 +23,7 @@ The connection and the registry files are recorded in the settings file, so late
 
 def build_parser():
     parser = cli.parser(__doc__, EPILOG)
-    seed = parser.add_argument_group("MySQL/MariaDB connection (alternative to --db-url)")
-    seed.add_argument("--db_host", help="database host")
-    seed.add_argument("--db_port", type=int, help="database port (default 3306)")
-    seed.add_argument("--db_user", help="database user (default root)")
-    seed.add_argument("--db_passwd", help="database password (stored in the settings file, never printed)")
-    seed.add_argument("--db_name", help="database name (default eas; created if missing)")
+    cli.add_seed_database_flags(parser)
     parser.add_argument("--task-types", action="append", metavar="FILE", default=None,
                         help="a task-type registry (YAML) to load in addition to the shipped one; repeatable")
     parser.add_argument("--upgrade", action="store_true",
@@ -37,15 +33,6 @@ def build_parser():
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation with --reset")
     parser.add_argument("--no-save", action="store_true", help="do not record the connection in the settings file")
     return parser
-
-
-SEED_FLAGS = ("db_port", "db_user", "db_passwd", "db_name")
-
-
-def mysql_url(args) -> str:
-    password = ":" + urllib.parse.quote(args.db_passwd, safe="") if args.db_passwd else ""
-    return "mysql+pymysql://%s%s@%s:%d/%s" % (urllib.parse.quote(args.db_user or "root", safe=""), password,
-                                              args.db_host, args.db_port or 3306, args.db_name or "eas")
 
 
 def ensure_database_exists(url: str) -> None:
@@ -91,21 +78,17 @@ def initialise(args) -> int:
 
     if args.upgrade and args.reset:
         raise cli.CommandError("give either --upgrade (keeps every task) or --reset (drops them all), not both")
-    if args.db_host and args.db_url:
-        raise cli.CommandError("give either --db-url or --db_host/--db_port/..., not both")
-    given = ["--" + flag for flag in SEED_FLAGS if getattr(args, flag) is not None]
-    if given and not args.db_host:
-        raise cli.CommandError("%s given without --db_host (the MySQL/MariaDB server to use)" % ", ".join(given))
-    db_url = mysql_url(args) if args.db_host else args.db_url
-    settings = cli.settings_from(args, db_url=db_url)
+    settings = cli.settings_from(args)
+    for note in cli.seed_database_notes(args):
+        print("note: %s" % note)
     if args.task_types is not None:
         task_type_files = [os.path.abspath(path) for path in args.task_types]
     else:
         task_type_files = settings.task_type_files
     types = read_registries(task_type_files)  # validate before touching the database
+    print("database: %s" % redact_url(settings.database_url))  # first, so a connection error says which
     ensure_database_exists(settings.database_url)
     engine = cli.connect(settings, check_schema=False)
-    print("database: %s" % redact_url(settings.database_url))
     print("database driver: %s" % engine.dialect.driver)
     if args.reset:
         if not args.yes:

@@ -13,7 +13,10 @@ EPILOG = """examples:
   ./worker.py --concurrency 4 --name node7    four slots
   ./worker.py --task-types shell,sleep        only these types
   ./worker.py --burst                         exit when nothing is left that it could run
-  ./worker.py --metrics-port 9411             with a Prometheus endpoint (docs/metrics.md)"""
+  ./worker.py --metrics-port 9411             with a Prometheus endpoint (docs/metrics.md)
+  ./worker.py --db_host db7 --db_user eas --db_passwd secret --db_name eas --queue_implementation sql
+                                              the seed's flags (a flag left out takes its default: localhost, ...)
+  ./worker.py --mq_host mq7                   RabbitMQ queue on mq7 (a broker flag selects the AMQP queue)"""
 
 
 def build_parser():
@@ -42,6 +45,8 @@ def build_parser():
                              "0: claim only for free slots)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     cli.add_metrics_arguments(parser)
+    cli.add_seed_database_flags(parser)
+    cli.add_seed_broker_flags(parser)
     return parser
 
 
@@ -58,6 +63,8 @@ def work(args) -> int:
 
     cli.setup_logging(args.verbose)
     settings = cli.settings_from(args, lease_seconds=args.lease_seconds)
+    for note in cli.seed_database_notes(args):
+        print("note: %s" % note)
     for flag in ("concurrency", "cpus", "memory_gb"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
