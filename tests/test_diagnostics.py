@@ -168,13 +168,16 @@ def test_db_shell_never_prints_the_password(tmp_path):
 
 
 def test_unknown_job_or_task_is_one_clear_line(finished):
-    for script, args in (("progress_summary.py", ["--job-name", "nope"]), ("display_job_tree.py", ["--job-name", "nope"]),
+    for script, args in (("progress_summary.py", ["--job-name", "nope"]),
                          ("errors_list.py", ["--job-name", "nope"]), ("timings_list.py", ["--job-name", "nope"]),
                          ("pass_fail_to_csv.py", ["--job-name", "nope"]), ("explain_task.py", ["999999"]),
                          ("run_report.py", ["--job-name", "nope", "--output", "/tmp/never.html"])):
         result = finished.script("diagnostics/" + script, *args, check=False)
         assert result.returncode == 2, (script, result.stdout, result.stderr)
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (script, result.stderr)
+    # the tree of an unknown job is empty, not an error (its JSON contract since the first release)
+    tree = finished.script("diagnostics/display_job_tree.py", "--job-name", "nope", "--format", "json")
+    assert tree.returncode == 0 and json.loads(tree.stdout) == []
 
 
 @pytest.mark.parametrize("script", ["display_job_tree.py", "progress_summary.py", "errors_list.py", "timings_list.py",

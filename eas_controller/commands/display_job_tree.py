@@ -43,8 +43,16 @@ def display(args) -> int:
     from eas_controller.views import tree
     from eas_controller.views.output import emit
 
-    rows = cli.read_view(args, lambda connection, _settings: tree.job_tree(
-        connection, args.job_name, args.job_id, args.max_depth, bool(args.show_running_only), args.status))
+    from eas_controller.views import NotFound
+
+    def body(connection, _settings):
+        try:
+            return tree.job_tree(connection, args.job_name, args.job_id, args.max_depth,
+                                 bool(args.show_running_only), args.status)
+        except NotFound:  # the tree of a job with no tasks is empty, as it always was (DESIGN section 11)
+            return []
+
+    rows = cli.read_view(args, body)
     if args.format == "table":
         print(tree.render_tree(rows) if rows else "(no tasks)")
     else:
