@@ -118,3 +118,12 @@ def test_registered_python_type_runs_without_the_registry_file(eas, tmp_path):
     with eas.engine.connect() as connection:
         states = connection.execute(sa.text("SELECT state FROM eas_tasks WHERE task_type = 'nap'")).scalars().all()
     assert states == ["done"]
+
+
+def test_every_shipped_implementation_imports():
+    """init_schema.py does not import the shipped implementations (some need the optional science
+    libraries); here, with every dependency installed, each one must import."""
+    from eas_controller.registry import SHIPPED_REGISTRY, read_registry_file
+
+    types = read_registry_file(SHIPPED_REGISTRY, check_imports=True)
+    assert {"synthesis_psls", "transit_search_tls", "python_function", "shell"} <= {t.name for t in types}
