@@ -34,6 +34,15 @@ SEED_DATABASE_FLAGS = ("db_engine", "db_host", "db_port", "db_user", "db_passwd"
 SEED_BROKER_FLAGS = ("mq_host", "mq_port", "mq_user", "mq_passwd", "mq_vhost")
 
 
+def _add_server_flags(group, prefix: str, what: str, defaults: dict) -> None:
+    """``--<prefix>_host``, ``_port``, ``_user`` and ``_passwd``, as the seed spells them."""
+    for field in ("host", "port", "user", "passwd"):
+        label = "password" if field == "passwd" else field
+        note = "; never printed" if field == "passwd" else ""
+        group.add_argument("--%s_%s" % (prefix, field), type=int if field == "port" else str,
+                           help="%s %s (default %s%s)" % (what, label, defaults[field], note))
+
+
 def add_seed_database_flags(result: argparse.ArgumentParser) -> None:
     """The seed's database flags; any of them given builds the URL (see :func:`seed_database_url`)."""
     group = result.add_argument_group("database as the seed's flags name it (alternative to --db-url; a flag "
@@ -41,10 +50,7 @@ def add_seed_database_flags(result: argparse.ArgumentParser) -> None:
     group.add_argument("--db_engine", choices=("mysql", "sqlite3"),
                        help="mysql (MariaDB/MySQL server, the default) or sqlite3 (the file "
                             "<data dir>/<db_name>.sqlite; host, port, user and password are not used)")
-    group.add_argument("--db_host", help="database host (default localhost)")
-    group.add_argument("--db_port", type=int, help="database port (default 3306)")
-    group.add_argument("--db_user", help="database user (default root)")
-    group.add_argument("--db_passwd", help="database password (default none; never printed)")
+    _add_server_flags(group, "db", "database", dict(host="localhost", port="3306", user="root", passwd="none"))
     group.add_argument("--db_name", help="database name (default eas)")
 
 
@@ -55,10 +61,7 @@ def add_seed_broker_flags(result: argparse.ArgumentParser) -> None:
                         help="sql or amqp (default: amqp when a broker flag is given, else the configured queue)")
     group = result.add_argument_group("RabbitMQ as the seed's flags name it (alternative to --amqp-url; a flag "
                                       "left out takes its default)")
-    group.add_argument("--mq_host", help="broker host (default localhost)")
-    group.add_argument("--mq_port", type=int, help="broker port (default 5672)")
-    group.add_argument("--mq_user", help="broker user (default guest)")
-    group.add_argument("--mq_passwd", help="broker password (default guest; never printed)")
+    _add_server_flags(group, "mq", "broker", dict(host="localhost", port="5672", user="guest", passwd="guest"))
     group.add_argument("--mq_vhost", help="virtual host (default /)")
 
 

@@ -61,7 +61,22 @@ CONSTANTS_SI_TABLE = [
 ]
 
 
-class Constants(Mapping):
+class ReadOnlyMapping(Mapping):
+    """A Mapping over ``self._values``, which subclasses set once and never change."""
+
+    __slots__ = ()
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+
+class Constants(ReadOnlyMapping):
     """Read-only table of named numbers, readable as attributes or items.
 
     Being a Mapping lets it be passed where dicts are expected
@@ -87,15 +102,6 @@ class Constants(Mapping):
             return self._values[name]
         except KeyError:
             raise AttributeError(f"no constant named {name!r}") from None
-
-    def __getitem__(self, name):
-        return self._values[name]
-
-    def __iter__(self):
-        return iter(self._values)
-
-    def __len__(self):
-        return len(self._values)
 
     def __setattr__(self, name, value):
         raise AttributeError("constants are read-only")

@@ -123,8 +123,11 @@ def test_a_worker_paused_past_its_lease_finds_its_results_discarded(cluster_fact
     assert [version.attempt_id for version in versions] == [second_id]
     metadata = cluster.rows("SELECT * FROM eas_metadata WHERE task_id = :id", id=task.id)
     assert [(row.key, row.value, row.attempt_id) for row in metadata] == [("made_by_attempt", str(second_id), second_id)]
-    notes = [line.message for line in cluster.log_lines(first_id) if line.stream == "worker"]
-    assert any(note.startswith("lost ownership of attempt %d" % first_id) and "discarded" in note for note in notes)
+    def ownership_note_recorded() -> bool:  # the worker writes the note to its log file before the database
+        notes = [line.message for line in cluster.log_lines(first_id) if line.stream == "worker"]
+        return any(note.startswith("lost ownership of attempt %d" % first_id) and "discarded" in note for note in notes)
+
+    wait_for(ownership_note_recorded, 30, "the lost-ownership note in the attempt's log lines")
     assert not any(line.attempt_id == first_id for line in cluster.rows(
         "SELECT * FROM eas_log_lines WHERE created_at > :after", after=second.ended_at) if line.stream != "worker")
     wait_for(lambda: not os.path.exists(cluster.product_path("scratch/attempt_%d" % first_id)), 10,

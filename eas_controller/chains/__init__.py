@@ -20,24 +20,9 @@ writes in one transaction. Every error names the chain file and the task's path 
 
 from eas_controller.chains.expansion import Expander
 from eas_controller.chains.loops import loop_values
-from eas_controller.chains.model import (
-    CHAIN,
-    CHAIN_KEYS,
-    COMMON_KEYS,
-    CONDITIONAL,
-    CONTROL_KEYS,
-    DEFAULT_MAX_ITERATIONS,
-    DO_WHILE,
-    EARLY_FIELDS,
-    FOR_LOOP,
-    LATE_FIELDS,
-    LOOP_FORMS,
-    MAX_LOOP_VALUES,
-    ChainError,
-    Context,
-    Node,
-    Plan,
-)
+from eas_controller.chains.model import (CHAIN, CHAIN_KEYS, COMMON_KEYS, CONDITIONAL, CONTROL_KEYS,
+                                         DEFAULT_MAX_ITERATIONS, DO_WHILE, EARLY_FIELDS, FOR_LOOP, LATE_FIELDS,
+                                         LOOP_FORMS, MAX_LOOP_VALUES, ChainError, Context, Node, Plan)
 from eas_controller.chains.paths import MAX_LENGTHS
 from eas_controller.chains.plans import evaluate_late_fields, expand_chain, expand_control_task
 from eas_controller.chains.reading import read_chain_file, read_chain_text

@@ -11,7 +11,7 @@ import re
 import string
 from collections.abc import Mapping
 
-from eas_controller.constants import Constants
+from eas_controller.constants import Constants, ReadOnlyMapping
 from eas_controller.expressions.errors import Refused
 from eas_controller.expressions.limits import (
     MAX_FORMAT_WIDTH,
@@ -23,21 +23,14 @@ from eas_controller.expressions.limits import (
 )
 
 
-class Namespace(Mapping):
+class Namespace(ReadOnlyMapping):
     """Read-only group of names reachable as attributes, such as ``math``."""
+
+    __slots__ = ("_label", "_values")
 
     def __init__(self, label, values):
         self._label = label
         self._values = dict(values)
-
-    def __getitem__(self, name):
-        return self._values[name]
-
-    def __iter__(self):
-        return iter(self._values)
-
-    def __len__(self):
-        return len(self._values)
 
     def __repr__(self):
         return f"<{self._label}>"

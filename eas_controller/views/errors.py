@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 from eas_controller import states
 from eas_controller.database.schema import attempts, log_lines, tasks
-from eas_controller.views.jobs import require_job_ids
+from eas_controller.views.jobs import of_selected_jobs
 from eas_controller.views.output import rounded, when
 
 ERROR_COLUMNS = ["attempt_id", "task_id", "task_type", "task_name", "attempt", "state", "worker", "host", "ended",
@@ -25,9 +25,7 @@ def errors_list(connection: Connection, job_name: str | None = None, task_type: 
              .join(tasks, tasks.c.id == attempts.c.task_id)
              .where(attempts.c.state.in_([states.A_FAILED, states.A_STALLED]))
              .order_by(attempts.c.id.desc()).limit(limit))
-    job_ids = require_job_ids(connection, job_name, job_id)
-    if job_ids is not None:
-        query = query.where(tasks.c.job_id.in_(job_ids))
+    query = of_selected_jobs(connection, query, job_name, job_id)
     if task_type is not None:
         query = query.where(attempts.c.task_type == task_type)
     if since is not None:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller.database.schema import tasks
-from eas_controller.views.jobs import require_job_ids, task_metadata
+from eas_controller.views.jobs import of_selected_jobs, task_metadata
 
 
 def pass_fail_grid(connection: Connection, job_name: str | None = None, task_type: str | None = None,
@@ -17,9 +17,7 @@ def pass_fail_grid(connection: Connection, job_name: str | None = None, task_typ
     """Rows and their columns: task_id, task_type, state, the loop parameters, then the output keys."""
     query = (sa.select(tasks.c.id, tasks.c.task_type, tasks.c.state, tasks.c.metadata)
              .where(tasks.c.is_control.is_(False)).order_by(tasks.c.id))
-    job_ids = require_job_ids(connection, job_name, job_id)
-    if job_ids is not None:
-        query = query.where(tasks.c.job_id.in_(job_ids))
+    query = of_selected_jobs(connection, query, job_name, job_id)
     if task_type is not None:
         query = query.where(tasks.c.task_type == task_type)
     if limit is not None:

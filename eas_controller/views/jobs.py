@@ -40,6 +40,12 @@ def require_job_ids(connection: Connection, job_name: str | None = None, job_id:
     return ids
 
 
+def of_selected_jobs(connection: Connection, query, job_name: str | None, job_id: int | None):
+    """``query`` narrowed to the tasks of the selected jobs (see :func:`require_job_ids`)."""
+    job_ids = require_job_ids(connection, job_name, job_id)
+    return query if job_ids is None else query.where(tasks.c.job_id.in_(job_ids))
+
+
 def task_metadata(connection: Connection, task_ids: list[int]) -> dict[int, dict]:
     """Each task's output metadata (scope ``task``) as a dict."""
     return output_of(connection, task_ids)

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from eas_controller import states
 from eas_controller.database.schema import attempts, tasks
-from eas_controller.views.jobs import require_job_ids
+from eas_controller.views.jobs import of_selected_jobs
 
 PROGRESS_COLUMNS = ["task_type"] + list(states.TASK_STATES) + ["total", "percent_done"]
 
@@ -22,9 +22,7 @@ def progress_summary(connection: Connection, job_name: str | None = None, job_id
     the percentage done. A last row ``(all)`` sums them."""
     query = (sa.select(tasks.c.task_type, tasks.c.state, sa.func.count().label("n"))
              .group_by(tasks.c.task_type, tasks.c.state))
-    job_ids = require_job_ids(connection, job_name, job_id)
-    if job_ids is not None:
-        query = query.where(tasks.c.job_id.in_(job_ids))
+    query = of_selected_jobs(connection, query, job_name, job_id)
     if not include_control:
         query = query.where(tasks.c.is_control.is_(False))
     counts: dict[str, dict] = {}

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from eas_controller import states
 from eas_controller.database.schema import attempts, tasks
-from eas_controller.views.jobs import require_job_ids
+from eas_controller.views.jobs import of_selected_jobs
 
 MEASURES = ("wall_s", "cpu_s", "cpu_children_s")
 TIMING_COLUMNS = ["task_type", "count"] + ["%s_%s" % (measure, stat) for measure in MEASURES
@@ -25,9 +25,7 @@ def timings(connection: Connection, job_name: str | None = None, task_type: str 
     """One row per task type (per task type and value of metadata ``by``), over succeeded attempts."""
     query = (sa.select(tasks.c.task_type, tasks.c.metadata, attempts.c.wall_s, attempts.c.cpu_s, attempts.c.cpu_children_s)
              .join(tasks, tasks.c.id == attempts.c.task_id).where(attempts.c.state == states.A_SUCCEEDED))
-    job_ids = require_job_ids(connection, job_name, job_id)
-    if job_ids is not None:
-        query = query.where(tasks.c.job_id.in_(job_ids))
+    query = of_selected_jobs(connection, query, job_name, job_id)
     if task_type is not None:
         query = query.where(tasks.c.task_type == task_type)
     groups: dict[tuple, dict[str, list]] = {}

@@ -21,7 +21,7 @@ from tabulate import tabulate
 from eas_controller import states
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import attempts, tasks
-from eas_controller.views.jobs import depth_first, job_state_counts, require_job_ids, task_metadata
+from eas_controller.views.jobs import depth_first, job_state_counts, of_selected_jobs, task_metadata
 from eas_controller.views.output import short
 
 #: The seed's ``--status`` values and the task states each one selects (``stalled``: tasks with a lost attempt).
@@ -54,9 +54,7 @@ def job_tree(connection: Connection, job_name: str | None = None, job_id: int | 
         tasks.c.id, tasks.c.parent_id, tasks.c.job_id, tasks.c.job_name, tasks.c.name, tasks.c.task_type, tasks.c.state,
         tasks.c.attempt_count, tasks.c.chain_path, tasks.c.metadata, tasks.c.error_text, tasks.c.is_control,
     ).order_by(tasks.c.id)
-    job_ids = require_job_ids(connection, job_name, job_id)
-    if job_ids is not None:
-        query = query.where(tasks.c.job_id.in_(job_ids))
+    query = of_selected_jobs(connection, query, job_name, job_id)
     rows = connection.execute(query).all()
     result = [dict(task_id=row.id, parent_id=row.parent_id, job_id=row.job_id, job_name=row.job_name,
                    task_name=row.name, task_type=row.task_type, state=row.state, attempts=row.attempt_count,

@@ -217,13 +217,17 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
         limit, offset = _paging()
         return jsonify(reading(lambda c: queries.list_jobs(c, request.args.get("name"), limit, offset)))
 
+    def one(what: str, text: str, query):
+        """The JSON of ``query(connection, id)`` for the id in the path, or 404 when there is no such row."""
+        number = _path_id(text, what)
+        found = reading(lambda c: query(c, number))
+        if found is None:
+            raise ApiError(404, "no %s %d" % (what, number))
+        return jsonify(found)
+
     @api.get("/jobs/<job_id>")
     def get_job(job_id: str):
-        number = _path_id(job_id, "job")
-        found = reading(lambda c: queries.get_job(c, number))
-        if found is None:
-            raise ApiError(404, "no job %d" % number)
-        return jsonify(found)
+        return one("job", job_id, queries.get_job)
 
     @api.get("/tasks")
     def list_tasks():
@@ -250,11 +254,7 @@ def create_api_blueprint(settings: Settings) -> Blueprint:
 
     @api.get("/tasks/<task_id>")
     def get_task(task_id: str):
-        number = _path_id(task_id, "task")
-        found = reading(lambda c: queries.get_task(c, number))
-        if found is None:
-            raise ApiError(404, "no task %d" % number)
-        return jsonify(found)
+        return one("task", task_id, queries.get_task)
 
     @api.get("/tasks/<task_id>/attempts")
     def task_attempts(task_id: str):

@@ -34,6 +34,16 @@ TASK_COLUMNS = (
 )
 
 
+def picked(row, fields: str, **computed) -> dict:
+    """A JSON-ready dict of ``row``: ``fields`` names its columns, ``key=column`` where the API renames one."""
+    result = {}
+    for field in fields.split():
+        key, _, column = field.partition("=")
+        result[key] = getattr(row, column or key)
+    result.update(computed)
+    return result
+
+
 def _page(connection: Connection, query, limit: int, offset: int, id_column) -> tuple[list, int]:
     total = connection.execute(sa.select(sa.func.count()).select_from(query.order_by(None).subquery())).scalar_one()
     rows = connection.execute(query.order_by(id_column).limit(limit).offset(offset)).all()
@@ -55,15 +65,8 @@ def _counts(connection: Connection, job_ids: list[int]) -> dict[int, dict[str, i
 def job_dict(connection: Connection, row, counts: dict[str, int]) -> dict:
     from eas_controller.api.jobs import overall_state
 
-    return dict(
-        job_id=row.id,
-        name=row.name,
-        source=row.source,
-        submitted_at=row.submitted_at,
-        tasks=sum(counts.values()),
-        counts=counts,
-        state=overall_state(counts, job_is_finished(connection, row.id)),
-    )
+    return picked(row, "job_id=id name source submitted_at", tasks=sum(counts.values()), counts=counts,
+                  state=overall_state(counts, job_is_finished(connection, row.id)))
 
 
 def list_jobs(connection: Connection, name: str | None, limit: int, offset: int) -> dict:
@@ -85,24 +88,9 @@ def get_job(connection: Connection, job_id: int) -> dict | None:
 
 
 def task_dict(row) -> dict:
-    return dict(
-        task_id=row.id,
-        job_id=row.job_id,
-        parent_id=row.parent_id,
-        job_name=row.job_name,
-        name=row.name,
-        task_type=row.task_type,
-        chain_path=row.chain_path,
-        state=row.state,
-        is_control=bool(row.is_control),
-        priority=row.priority,
-        attempts=row.attempt_count,
-        max_attempts=row.max_attempts,
-        working_directory=row.working_directory,
-        error=row.error_text,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return picked(row, "task_id=id job_id parent_id job_name name task_type chain_path state priority "
+                       "attempts=attempt_count max_attempts working_directory error=error_text created_at updated_at",
+                  is_control=bool(row.is_control))
 
 
 def list_tasks(connection: Connection, filters: dict, limit: int, offset: int) -> dict:
@@ -139,29 +127,9 @@ def task_exists(connection: Connection, task_id: int) -> bool:
 
 def list_attempts(connection: Connection, task_id: int) -> dict:
     rows = connection.execute(sa.select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.id)).all()
-    items = [
-        dict(
-            attempt_id=row.id,
-            task_id=row.task_id,
-            number=row.number,
-            task_type=row.task_type,
-            state=row.state,
-            queue=row.queue,
-            queued_at=row.queued_at,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            lease_expires_at=row.lease_expires_at,
-            worker_name=row.worker_name,
-            host=row.host,
-            pid=row.pid,
-            exit_status=row.exit_status,
-            wall_s=row.wall_s,
-            cpu_s=row.cpu_s,
-            cpu_children_s=row.cpu_children_s,
-            error=row.error_text,
-        )
-        for row in rows
-    ]
+    fields = ("attempt_id=id task_id number task_type state queue queued_at started_at ended_at lease_expires_at "
+              "worker_name host pid exit_status wall_s cpu_s cpu_children_s error=error_text")
+    items = [picked(row, fields) for row in rows]
     return dict(items=items, total=len(items))
 
 
@@ -182,17 +150,7 @@ def list_logs(connection: Connection, task_id: int, attempt_id: int | None, afte
         .order_by(log_lines.c.id)
         .limit(limit)
     ).all()
-    items = [
-        dict(
-            line_id=row.id,
-            attempt_id=row.attempt_id,
-            created_at=row.created_at,
-            severity=row.severity,
-            stream=row.stream,
-            message=row.message,
-        )
-        for row in rows
-    ]
+    items = [picked(row, "line_id=id attempt_id created_at severity stream message") for row in rows]
     return dict(items=items, next_after=items[-1]["line_id"] if items else after)
 
 
@@ -206,26 +164,7 @@ def list_products(connection: Connection, task_id: int) -> dict:
             .order_by(product_versions.c.id)
         ):
             versions[version.product_id].append(
-                dict(
-                    version_id=version.id,
-                    attempt_id=version.attempt_id,
-                    path=version.path,
-                    size=version.size,
-                    md5=version.md5,
-                    qc_state=version.qc_state,
-                    qc_message=version.qc_message,
-                    created_at=version.created_at,
-                )
-            )
-    items = [
-        dict(
-            product_id=row.id,
-            semantic_type=row.semantic_type,
-            relative_path=row.relative_path,
-            state=row.state,
-            latest_version_id=row.latest_version_id,
-            versions=versions[row.id],
-        )
-        for row in rows
-    ]
+                picked(version, "version_id=id attempt_id path size md5 qc_state qc_message created_at"))
+    items = [picked(row, "product_id=id semantic_type relative_path state latest_version_id", versions=versions[row.id])
+             for row in rows]
     return dict(items=items, total=len(items))

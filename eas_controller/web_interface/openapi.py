@@ -18,27 +18,23 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _closed(**properties) -> dict:
+    """An object with exactly these properties, all required."""
+    return dict(type="object", required=list(properties), additionalProperties=False, properties=properties)
+
+
+def _open(schema: dict, **optional) -> dict:
+    """``schema`` with more properties that a response may leave out."""
+    return dict(schema, properties=dict(schema["properties"], **optional))
+
+
 def _page(item: str) -> dict:
-    return dict(
-        type="object",
-        required=["items", "total", "limit", "offset"],
-        additionalProperties=False,
-        properties=dict(
-            items=dict(type="array", items=_ref(item)),
-            total=dict(type="integer", minimum=0),
-            limit=dict(type="integer"),
-            offset=dict(type="integer"),
-        ),
-    )
+    return _closed(items=dict(type="array", items=_ref(item)), total=dict(type="integer", minimum=0),
+                   limit=dict(type="integer"), offset=dict(type="integer"))
 
 
 def _list(item: str) -> dict:
-    return dict(
-        type="object",
-        required=["items", "total"],
-        additionalProperties=False,
-        properties=dict(items=dict(type="array", items=_ref(item)), total=dict(type="integer", minimum=0)),
-    )
+    return _closed(items=dict(type="array", items=_ref(item)), total=dict(type="integer", minimum=0))
 
 
 ID = dict(type="integer", minimum=1, maximum=2147483647)
@@ -69,55 +65,26 @@ SCHEMAS = {
             task_list=dict(type="array", items=dict(type="object")),
         ),
     ),
-    "Submitted": dict(
-        type="object",
-        required=["job_id", "job_name", "tasks", "worker_tasks", "task_ids", "message"],
-        additionalProperties=False,
-        properties=dict(
-            job_id=ID,
-            job_name=dict(type="string"),
-            tasks=dict(type="integer"),
-            worker_tasks=dict(type="integer"),
-            task_ids=dict(type="array", items=ID),
-            message=dict(type="string"),
-        ),
+    "Submitted": _closed(
+        job_id=ID,
+        job_name=dict(type="string"),
+        tasks=dict(type="integer"),
+        worker_tasks=dict(type="integer"),
+        task_ids=dict(type="array", items=ID),
+        message=dict(type="string"),
     ),
-    "Job": dict(
-        type="object",
-        required=["job_id", "name", "source", "submitted_at", "tasks", "counts", "state"],
-        additionalProperties=False,
-        properties=dict(
-            job_id=ID,
-            name=dict(type="string"),
-            source=_nullable("string"),
-            submitted_at=dict(type="number"),
-            tasks=dict(type="integer", minimum=0),
-            counts=COUNTS,
-            state=dict(type="string", enum=["active", "done", "failed", "cancelled"]),
-        ),
+    "Job": _closed(
+        job_id=ID,
+        name=dict(type="string"),
+        source=_nullable("string"),
+        submitted_at=dict(type="number"),
+        tasks=dict(type="integer", minimum=0),
+        counts=COUNTS,
+        state=dict(type="string", enum=["active", "done", "failed", "cancelled"]),
     ),
-    "Task": dict(
-        type="object",
-        additionalProperties=False,
-        required=[
-            "task_id",
-            "job_id",
-            "parent_id",
-            "job_name",
-            "name",
-            "task_type",
-            "chain_path",
-            "state",
-            "is_control",
-            "priority",
-            "attempts",
-            "max_attempts",
-            "working_directory",
-            "error",
-            "created_at",
-            "updated_at",
-        ],
-        properties=dict(
+    # A task as listed; GET /tasks/<id> adds its description, inherited metadata and metadata (optional).
+    "Task": _open(
+        _closed(
             task_id=ID,
             job_id=ID,
             parent_id=_nullable("integer"),
@@ -134,67 +101,38 @@ SCHEMAS = {
             error=_nullable("string"),
             created_at=dict(type="number"),
             updated_at=dict(type="number"),
-            description=dict(type="object"),
-            inherited=dict(type="object"),
-            metadata=dict(type="object"),
         ),
+        description=dict(type="object"),
+        inherited=dict(type="object"),
+        metadata=dict(type="object"),
     ),
-    "Attempt": dict(
-        type="object",
-        additionalProperties=False,
-        required=[
-            "attempt_id",
-            "task_id",
-            "number",
-            "task_type",
-            "state",
-            "queue",
-            "queued_at",
-            "started_at",
-            "ended_at",
-            "lease_expires_at",
-            "worker_name",
-            "host",
-            "pid",
-            "exit_status",
-            "wall_s",
-            "cpu_s",
-            "cpu_children_s",
-            "error",
-        ],
-        properties=dict(
-            attempt_id=ID,
-            task_id=ID,
-            number=dict(type="integer"),
-            task_type=dict(type="string"),
-            state=dict(type="string", enum=list(states.ATTEMPT_STATES)),
-            queue=dict(type="string"),
-            queued_at=dict(type="number"),
-            started_at=_nullable("number"),
-            ended_at=_nullable("number"),
-            lease_expires_at=_nullable("number"),
-            worker_name=_nullable("string"),
-            host=_nullable("string"),
-            pid=_nullable("integer"),
-            exit_status=_nullable("integer"),
-            wall_s=_nullable("number"),
-            cpu_s=_nullable("number"),
-            cpu_children_s=_nullable("number"),
-            error=_nullable("string"),
-        ),
+    "Attempt": _closed(
+        attempt_id=ID,
+        task_id=ID,
+        number=dict(type="integer"),
+        task_type=dict(type="string"),
+        state=dict(type="string", enum=list(states.ATTEMPT_STATES)),
+        queue=dict(type="string"),
+        queued_at=dict(type="number"),
+        started_at=_nullable("number"),
+        ended_at=_nullable("number"),
+        lease_expires_at=_nullable("number"),
+        worker_name=_nullable("string"),
+        host=_nullable("string"),
+        pid=_nullable("integer"),
+        exit_status=_nullable("integer"),
+        wall_s=_nullable("number"),
+        cpu_s=_nullable("number"),
+        cpu_children_s=_nullable("number"),
+        error=_nullable("string"),
     ),
-    "LogLine": dict(
-        type="object",
-        additionalProperties=False,
-        required=["line_id", "attempt_id", "created_at", "severity", "stream", "message"],
-        properties=dict(
-            line_id=dict(type="integer"),
-            attempt_id=ID,
-            created_at=dict(type="number"),
-            severity=dict(type="string"),
-            stream=dict(type="string"),
-            message=dict(type="string"),
-        ),
+    "LogLine": _closed(
+        line_id=dict(type="integer"),
+        attempt_id=ID,
+        created_at=dict(type="number"),
+        severity=dict(type="string"),
+        stream=dict(type="string"),
+        message=dict(type="string"),
     ),
     "Logs": dict(
         type="object",
@@ -202,33 +140,23 @@ SCHEMAS = {
         additionalProperties=False,
         properties=dict(items=dict(type="array", items=_ref("LogLine")), next_after=dict(type="integer")),
     ),
-    "ProductVersion": dict(
-        type="object",
-        additionalProperties=False,
-        required=["version_id", "attempt_id", "path", "size", "md5", "qc_state", "qc_message", "created_at"],
-        properties=dict(
-            version_id=ID,
-            attempt_id=ID,
-            path=dict(type="string"),
-            size=dict(type="integer"),
-            md5=dict(type="string"),
-            qc_state=dict(type="string"),
-            qc_message=_nullable("string"),
-            created_at=dict(type="number"),
-        ),
+    "ProductVersion": _closed(
+        version_id=ID,
+        attempt_id=ID,
+        path=dict(type="string"),
+        size=dict(type="integer"),
+        md5=dict(type="string"),
+        qc_state=dict(type="string"),
+        qc_message=_nullable("string"),
+        created_at=dict(type="number"),
     ),
-    "Product": dict(
-        type="object",
-        additionalProperties=False,
-        required=["product_id", "semantic_type", "relative_path", "state", "latest_version_id", "versions"],
-        properties=dict(
-            product_id=ID,
-            semantic_type=dict(type="string"),
-            relative_path=dict(type="string"),
-            state=dict(type="string"),
-            latest_version_id=_nullable("integer"),
-            versions=dict(type="array", items=_ref("ProductVersion")),
-        ),
+    "Product": _closed(
+        product_id=ID,
+        semantic_type=dict(type="string"),
+        relative_path=dict(type="string"),
+        state=dict(type="string"),
+        latest_version_id=_nullable("integer"),
+        versions=dict(type="array", items=_ref("ProductVersion")),
     ),
     "Selection": SELECTION,
     "CancelSelection": dict(

@@ -20,6 +20,14 @@ depends_on = None
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
+def _id() -> sa.Column:
+    return sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)
+
+
+def _points_to(name: str, table: str, nullable: bool = False) -> sa.Column:
+    return sa.Column(name, sa.Integer, sa.ForeignKey("%s.id" % table), nullable=nullable)
+
+
 def upgrade() -> None:
     op.create_table(
         "eas_schema_info",
@@ -28,7 +36,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_task_types",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _id(),
         sa.Column("name", sa.String(128), nullable=False, unique=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("target", sa.Text, nullable=False),
@@ -45,16 +53,16 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_jobs",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _id(),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("source", sa.String(1024)),
         sa.Column("submitted_at", sa.Double, nullable=False),
     )
     op.create_table(
         "eas_tasks",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("job_id", sa.Integer, sa.ForeignKey("eas_jobs.id"), nullable=False),
-        sa.Column("parent_id", sa.Integer, sa.ForeignKey("eas_tasks.id")),
+        _id(),
+        _points_to("job_id", "eas_jobs"),
+        _points_to("parent_id", "eas_tasks", nullable=True),
         sa.Column("name", sa.String(255)),
         sa.Column("chain_path", sa.String(1024), nullable=False),
         sa.Column("task_type", sa.String(128), nullable=False),
@@ -80,9 +88,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_task_dependencies",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("task_id", sa.Integer, sa.ForeignKey("eas_tasks.id"), nullable=False),
-        sa.Column("requires_task_id", sa.Integer, sa.ForeignKey("eas_tasks.id"), nullable=False),
+        _id(),
+        _points_to("task_id", "eas_tasks"),
+        _points_to("requires_task_id", "eas_tasks"),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("product_id", sa.Integer),
         sa.Column("satisfied", sa.Boolean, nullable=False),
@@ -91,8 +99,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_attempts",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("task_id", sa.Integer, sa.ForeignKey("eas_tasks.id"), nullable=False),
+        _id(),
+        _points_to("task_id", "eas_tasks"),
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("task_type", sa.String(128), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
@@ -115,7 +123,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_sql_queue",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _id(),
         sa.Column("attempt_id", sa.Integer, nullable=False, unique=True),
         sa.Column("task_type", sa.String(128), nullable=False),
         sa.Column("rank", sa.Integer, nullable=False),
@@ -125,7 +133,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_workers",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _id(),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
@@ -152,8 +160,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_products",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("task_id", sa.Integer, sa.ForeignKey("eas_tasks.id"), nullable=False),
+        _id(),
+        _points_to("task_id", "eas_tasks"),
         sa.Column("semantic_type", sa.String(128), nullable=False),
         sa.Column("relative_path", sa.String(760), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
@@ -163,8 +171,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_product_versions",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("product_id", sa.Integer, sa.ForeignKey("eas_products.id"), nullable=False),
+        _id(),
+        _points_to("product_id", "eas_products"),
         sa.Column("attempt_id", sa.Integer, nullable=False),
         sa.Column("path", sa.String(2048), nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
@@ -176,7 +184,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_metadata",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _id(),
         sa.Column("scope", sa.String(16), nullable=False),
         sa.Column("task_id", sa.Integer, nullable=False),
         sa.Column("attempt_id", sa.Integer),
