@@ -311,19 +311,21 @@ def run(services: Services, quick: bool = True, workers: int | None = None, idle
         sleep_s: float | None = None, short_tasks: int | None = None, shared: bool = False) -> list[Result]:
     """Quick: 50 workers, 15 s idle, 15 s of long tasks, 2,000 short tasks; full: 100 workers, 30 s, 30 s, 10,000."""
     from bench.cpu import server_pids
-    from bench.private_mariadb import PrivateMariaDB
+    from bench.private_servers import PrivateMariaDB
 
     workers = workers or (50 if quick else 100)
     idle_s = idle_s or (15.0 if quick else 30.0)
     sleep_s = sleep_s or (15.0 if quick else 30.0)
     short_tasks = short_tasks or (2000 if quick else 10000)
     work_dir = tempfile.mkdtemp(prefix="eas_bench_many_")
-    server = None if shared else PrivateMariaDB(os.path.join(work_dir, "mariadb"))
+    server = None if shared else PrivateMariaDB(os.path.join(work_dir, "mariadb"), driver="mysql",
+                                                  buffer_pool="256M", max_connections=2000)
     name = "many workers"
     try:
-        if server is not None and server.available:
-            server.start()
-            url, pids = server.url(), [server.process.pid]
+        private = server is not None and not server.missing
+        if private:
+            server.create()
+            url, pids = server.url, [server.process.pid]
         else:
             reason = unavailable_reason(services, "mariadb")
             if reason:
@@ -331,13 +333,13 @@ def run(services: Services, quick: bool = True, workers: int | None = None, idle
             url, pids = services.mysql_url, server_pids("mariadb")
         results = measure(url, pids, workers, idle_s, sleep_s, short_tasks, work_dir)
         for result in results:
-            result.extra.setdefault("server", "private" if server is not None and server.available else "shared")
+            result.extra.setdefault("server", "private" if private else "shared")
         return results
     except Exception as error:
         return [Result("many_workers", name, "mariadb", None, "", processes=workers, note="failed: %s" % str(error)[:300])]
     finally:
         if server is not None:
-            server.stop()
+            server.remove()
         import shutil
 
         shutil.rmtree(work_dir, ignore_errors=True)

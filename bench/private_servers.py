@@ -33,13 +33,21 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
 
 
 class PrivateMariaDB:
-    """A MariaDB server of our own: ``create()`` once, then ``kill()`` (SIGKILL, as a crash) and ``start()``."""
+    """A MariaDB server of our own: ``create()`` once, then ``kill()`` (SIGKILL, as a crash) and ``start()``.
 
-    def __init__(self, folder: str | None = None):
-        self.install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    ``driver`` is the URL's scheme (``mysql://`` picks mysqlclient when it imports); ``buffer_pool`` and
+    ``max_connections`` size it for the benchmark or test at hand."""
+
+    def __init__(self, folder: str | None = None, driver: str = "mysql+pymysql", buffer_pool: str = "128M",
+                 max_connections: int = 500):
+        path = SBIN + ":" + os.environ.get("PATH", "")
+        self.install = shutil.which("mariadb-install-db", path=path) or shutil.which("mysql_install_db", path=path)
         self.server = shutil.which("mariadbd", path=SBIN) or shutil.which("mysqld", path=SBIN)
-        self.folder = folder
+        self.folder = None if folder is None else str(folder)
         self.port = free_port()
+        self.driver = driver
+        self.buffer_pool = buffer_pool
+        self.max_connections = max_connections
         self.process: subprocess.Popen | None = None
 
     @property
@@ -48,9 +56,12 @@ class PrivateMariaDB:
             return "MariaDB server binaries (mariadb-install-db, mariadbd) are not installed"
         return None
 
+    def url_of(self, database: str = "eas") -> str:
+        return "%s://root@127.0.0.1:%d/%s" % (self.driver, self.port, database)
+
     @property
     def url(self) -> str:
-        return "mysql+pymysql://root@127.0.0.1:%d/eas" % self.port
+        return self.url_of("eas")
 
     def create(self) -> None:
         self.folder = self.folder or tempfile.mkdtemp(prefix="eas_chaos_mariadb_")
@@ -75,7 +86,8 @@ class PrivateMariaDB:
         self.process = subprocess.Popen(
             [self.server, "--no-defaults", "--datadir=" + self.datadir, "--port=%d" % self.port,
              "--socket=" + os.path.join(self.folder, "s"), "--bind-address=127.0.0.1", "--user=" + _user(),
-             "--skip-grant-tables", "--innodb-buffer-pool-size=128M", "--skip-log-bin", "--max-connections=500",
+             "--skip-grant-tables", "--innodb-buffer-pool-size=" + self.buffer_pool, "--skip-log-bin",
+             "--max-connections=%d" % self.max_connections,
              "--pid-file=" + os.path.join(self.folder, "pid")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

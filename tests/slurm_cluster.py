@@ -18,6 +18,7 @@ import sys
 import time
 
 import psutil
+from bench.private_servers import free_port
 
 DAEMONS = ("munged", "mungekey", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr", "scontrol")
 CLUSTER_NAME = "eastest"
@@ -35,12 +36,6 @@ def missing_programs() -> list[str]:
 
 def _program(name: str) -> str:
     return shutil.which(name) or "/usr/sbin/" + name
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class SlurmCluster:
@@ -65,7 +60,7 @@ class SlurmCluster:
         from sqlalchemy.engine import make_url
 
         url = make_url(self.db_url)
-        ctld_port, slurmd_port, dbd_port = _free_port(), _free_port(), _free_port()
+        ctld_port, slurmd_port, dbd_port = free_port(), free_port(), free_port()
         auth = "AuthInfo=socket=%s" % self.socket
         path = lambda *parts: os.path.join(self.root, *parts)  # noqa: E731
         dbd = [

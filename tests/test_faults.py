@@ -9,9 +9,7 @@ shared one); it is skipped when the server binaries are missing (a failure with 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,6 +18,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from bench.private_servers import PrivateMariaDB, PrivateRabbitMQ
 from conftest import unavailable
 from fault_helpers import Cluster, cluster_factory, process_gone, wait_for  # noqa: F401 (fixture)
 
@@ -200,78 +199,18 @@ def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue(cluster_factory):
 
 # -- the database goes away ----------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class PrivateMariaDB:
-    """A throw-away MariaDB server in a temporary folder, which the test may stop and start at will."""
-
-    def __init__(self, folder):
-        self.install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
-        self.server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin:/usr/local/sbin") or \
-            shutil.which("mysqld", path="/usr/sbin:/usr/bin:/usr/local/sbin")
-        self.folder = str(folder)
-        self.datadir = os.path.join(self.folder, "data")
-        self.port = _free_port()
-        self.process = None
-
-    @property
-    def available(self) -> bool:
-        return bool(self.install and self.server)
-
-    @property
-    def url(self) -> str:
-        # the driver of the test URL (mysql:// picks mysqlclient when it imports), so outages are tried with both
-        driver = sa.engine.make_url(os.environ.get("EAS_TEST_MYSQL_URL") or "mysql+pymysql://").drivername
-        return "%s://root@127.0.0.1:%d/eas" % (driver, self.port)
-
-    def create(self) -> None:
-        subprocess.run([self.install, "--no-defaults", "--datadir=" + self.datadir, "--auth-root-authentication-method=normal",
-                        "--skip-test-db", "--user=" + _user()], check=True, capture_output=True, timeout=120)
-        self.start()
-        engine = sa.create_engine("mysql+pymysql://root@127.0.0.1:%d/" % self.port)
-        with engine.begin() as connection:
-            connection.exec_driver_sql("CREATE DATABASE eas CHARACTER SET utf8mb4")
-        engine.dispose()
-
-    def start(self) -> None:
-        log = open(os.path.join(self.folder, "server.log"), "a")
-        self.process = subprocess.Popen(
-            [self.server, "--no-defaults", "--datadir=" + self.datadir, "--port=%d" % self.port,
-             "--socket=" + os.path.join(self.folder, "s"), "--bind-address=127.0.0.1", "--user=" + _user(),
-             "--skip-grant-tables", "--innodb-buffer-pool-size=64M", "--skip-log-bin",
-             "--pid-file=" + os.path.join(self.folder, "pid")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(self._answers, 60, "the private MariaDB server to accept connections", interval=0.2)
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError("the private MariaDB server exited; see %s/server.log" % self.folder)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def _user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
+def private_mariadb(folder) -> PrivateMariaDB:
+    """A throw-away MariaDB server the test may kill and start, reached with the test URL's driver (mysql://
+    picks mysqlclient when it imports), so outages are tried with both drivers."""
+    driver = sa.engine.make_url(os.environ.get("EAS_TEST_MYSQL_URL") or "mysql+pymysql://").drivername
+    server = PrivateMariaDB(folder, driver=driver, buffer_pool="64M")
+    if server.missing:
+        unavailable(server.missing)
+    return server
 
 
 def test_a_1000_task_run_survives_a_20_second_database_outage(tmp_path, cluster_factory):
-    server = PrivateMariaDB(tmp_path / "mariadb")
-    if not server.available:
-        unavailable("MariaDB server binaries (mariadb-install-db, mariadbd) are not installed")
+    server = private_mariadb(tmp_path / "mariadb")
     server.create()
     cluster = None
     try:
@@ -309,91 +248,10 @@ def test_a_1000_task_run_survives_a_20_second_database_outage(tmp_path, cluster_
 
 # -- the broker goes away -------------------------------------------------------------------------------------------
 
-class PrivateRabbitMQ:
-    """A throw-away RabbitMQ node (its own name, ports and data folder), which the test may stop and start."""
-
-    def __init__(self):
-        self.server = shutil.which("rabbitmq-server", path="/usr/sbin:/usr/lib/rabbitmq/bin:/usr/bin")
-        self.control = shutil.which("rabbitmqctl", path="/usr/sbin:/usr/lib/rabbitmq/bin:/usr/bin")
-        self.folder = None
-        self.port = _free_port()
-        self.node = "eas_test_%d@localhost" % self.port
-
-    @property
-    def available(self) -> bool:
-        return bool(self.server and self.control)
-
-    @property
-    def url(self) -> str:
-        return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
-
-    @property
-    def environment(self) -> dict:
-        return dict(os.environ, RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_PORT=str(self.port),
-                    RABBITMQ_DIST_PORT=str(_free_port()), RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-                    RABBITMQ_MNESIA_BASE=os.path.join(self.folder, "mnesia"),
-                    RABBITMQ_LOG_BASE=os.path.join(self.folder, "log"),
-                    RABBITMQ_PID_FILE=os.path.join(self.folder, "pid"),
-                    RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.folder, "enabled_plugins"),
-                    RABBITMQ_CONFIG_FILE=os.path.join(self.folder, "rabbitmq"),  # none: the machine's is not ours
-                    RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(self.folder, "advanced.config"))
-
-    def create(self) -> None:
-        import tempfile
-
-        # not under pytest's tmp_path: that is private to this user, and the node may run as user rabbitmq
-        self.folder = tempfile.mkdtemp(prefix="eas_test_rabbitmq_")
-        with open(os.path.join(self.folder, "enabled_plugins"), "w") as handle:
-            handle.write("[].\n")
-        if os.getuid() == 0:  # the server scripts switch to the rabbitmq user when started by root
-            import pwd
-
-            try:
-                account = pwd.getpwnam("rabbitmq")
-            except KeyError:
-                account = None
-            if account is not None:
-                for root, folders, files in os.walk(self.folder):
-                    for name in [root] + [os.path.join(root, item) for item in folders + files]:
-                        os.chown(name, account.pw_uid, account.pw_gid)
-        self.start()
-
-    def start(self) -> None:
-        subprocess.run([self.server, "-detached"], env=self.environment, check=True, capture_output=True, timeout=60)
-        wait_for(self._answers, 120, "the private RabbitMQ node to accept connections", interval=0.5)
-
-    def _answers(self) -> bool:
-        import pika
-
-        try:
-            parameters = pika.URLParameters(self.url)
-            parameters.socket_timeout = 2
-            parameters.connection_attempts = 1
-            pika.BlockingConnection(parameters).close()
-            return True
-        except Exception:  # noqa: BLE001 - not up yet
-            return False
-
-    def stop(self) -> None:
-        subprocess.run([self.control, "-n", self.node, "stop"], env=self.environment, capture_output=True, timeout=120)
-
-    def kill(self) -> None:
-        """Make sure nothing of the node is left (used at the end of the test, whatever happened)."""
-        if self.folder is None:
-            return
-        self.stop()
-        try:
-            with open(os.path.join(self.folder, "pid")) as handle:
-                os.kill(int(handle.read().strip()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 def test_a_1000_task_run_on_the_amqp_queue_survives_a_20_second_broker_outage(tmp_path, cluster_factory):
     broker = PrivateRabbitMQ()
-    if not broker.available:
-        unavailable("RabbitMQ server scripts (rabbitmq-server, rabbitmqctl) are not installed")
+    if broker.missing:
+        unavailable(broker.missing)
     cluster = None
     try:
         broker.create()
@@ -425,4 +283,4 @@ def test_a_1000_task_run_on_the_amqp_queue_survives_a_20_second_broker_outage(tm
     finally:
         if cluster is not None:
             cluster.close()
-        broker.kill()
+        broker.remove()

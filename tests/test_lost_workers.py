@@ -17,7 +17,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, unavailable
 from fault_helpers import cluster_factory, wait_for  # noqa: F401 (fixture)
-from test_faults import PrivateMariaDB, journal_lines
+from test_faults import journal_lines, private_mariadb
 
 
 def states_of(cluster) -> dict:
@@ -72,9 +72,7 @@ def test_a_task_that_kills_its_worker_each_time_fails_after_max_lost_attempts(cl
 
 
 def test_a_database_outage_of_two_leases_reruns_nothing_and_a_killed_worker_is_still_detected(tmp_path, cluster_factory):
-    server = PrivateMariaDB(tmp_path / "mariadb")
-    if not server.available:
-        unavailable("MariaDB server binaries (mariadb-install-db, mariadbd) are not installed")
+    server = private_mariadb(tmp_path / "mariadb")
     server.create()
     lease = 4.0
     try:

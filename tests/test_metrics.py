@@ -17,14 +17,9 @@ import sqlalchemy as sa
 from conftest import PROJECT_ROOT, make_environment
 
 from prometheus_client.parser import text_string_to_metric_families
+from bench.private_servers import free_port
 
 WAIT_S = 120  # longest wait for the run to reach a step (a generous bound on a busy machine, not a measurement)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> dict:
