@@ -49,7 +49,7 @@ task_types = Table(
     Column("max_attempts", Integer),
     Column("timeout_s", Double),
     Column("qc", String(255)),
-    Column("version", String(64), nullable=False, default="1", server_default="1"),  # the registry's version
+    Column("version", String(64), nullable=False, server_default="1"),  # the registry's version
     Column("definition", Text, nullable=False),  # the registry entry as JSON
     Column("source", String(1024), nullable=False),
     Column("updated_at", Double, nullable=False),
