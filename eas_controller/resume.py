@@ -79,7 +79,12 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
         found = earlier.get(node.chain_path)
         if found is None or found.attempt_id is None:
             return Decision(node, NEW)
-        changed = _changed_field(node, found, versions.get(node.task_type, "1"), requested.get(node.index))
+        evaluated = _evaluated(node, requested.get(node.index))
+        if node.needs_evaluation and evaluated is None:  # a source has no earlier run: it runs now
+            return Decision(node, UPSTREAM, found)
+        if isinstance(evaluated, str):
+            return Decision(node, "changed " + evaluated, found)
+        changed = _changed_field(node, found, versions.get(node.task_type, "1"), evaluated)
         if changed:
             return Decision(node, "changed " + changed, found)
         upstream = [producer for producer, _path, _semantic in node.file_dependencies] + list(node.metadata_from)
@@ -98,6 +103,8 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
             version = outputs.get(path)
             if version is None or not _file_is_there(version):
                 return Decision(node, "missing output " + semantic, found)
+        if node.needs_evaluation and evaluated is not None:  # a reused task keeps its fields as they were run
+            node.description, node.needs_evaluation = evaluated, False
         return Decision(node, REUSED, found)
 
     def decided(node: Node) -> Decision:
@@ -110,16 +117,20 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
     return [decisions[node.index] for node in leaves]
 
 
-def _changed_field(node: Node, found: reuse_store.Earlier, version: str, requested: dict | None) -> str | None:
+def _evaluated(node: Node, requested: dict | None) -> dict | str | None:
+    """A task's fields evaluated from its sources' earlier output metadata (None: they need none, or a
+    source has no earlier run), or the reason they cannot be (a str)."""
+    if not node.needs_evaluation or requested is None:
+        return None
+    try:
+        return evaluate_late_fields(node.description, node.metadata, requested, node.chain_path)
+    except ChainError:
+        return "fields evaluated from requested metadata"
+
+
+def _changed_field(node: Node, found: reuse_store.Earlier, version: str, evaluated: dict | None) -> str | None:
     """The name of the first of the task's own fields that differs from its earlier run, or None."""
-    description = node.description
-    if node.needs_evaluation:
-        if requested is None:  # a source re-runs: the fields cannot be known yet
-            return None
-        try:
-            description = evaluate_late_fields(description, node.metadata, requested, node.chain_path)
-        except ChainError:
-            return "fields evaluated from requested metadata"
+    description = node.description if evaluated is None else evaluated
     if found.fingerprint is not None and found.fingerprint == fingerprint(node.task_type, version, description):
         return None
     if node.task_type != found.task_type:

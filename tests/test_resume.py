@@ -102,7 +102,9 @@ def test_a_grown_and_edited_grid_resumes_only_the_new_the_changed_and_their_depe
         assert after[key].state == "done" and after[key].attempt_count == 0, key
     run_workers(eas, 2)
     after = worker_tasks(eas, second)
-    assert {row.state for row in after.values()} == {"done"}
+    with eas.engine.connect() as connection:  # the loops and the chain finished too
+        job_states = connection.execute(sa.select(tasks.c.state).where(tasks.c.job_id == second)).scalars().all()
+    assert len(job_states) == 30 + 5 and set(job_states) == {"done"}
 
     counts = attempt_counts(eas)
     for key, row in after.items():
@@ -158,3 +160,23 @@ def test_the_chain_field_resumes_and_starts_a_new_job_fresh(eas, tmp_path):
     plain = eas.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, grid_chain([10], False), "p.json"),
                        "--format", "json", check=False)
     assert plain.returncode == 2 and "add --resume" in plain.stderr, plain.stderr
+
+
+def test_fields_evaluated_from_requested_metadata_are_compared_once_evaluated(eas_sqlite, tmp_path):
+    eas = eas_sqlite
+    chain = {"job_name": "late", "task_list": [
+        {"task": "shell", "name": "plan", "command": "echo '{\"n\": 3}' > \"$EAS_METADATA_OUT\""},
+        {"task": "shell", "name": "use", "requires_metadata_from": ["plan"], "outputs": {"out": "n.txt"},
+         "command": "('echo %d > \"$EAS_OUTPUT_OUT\"' % requested_metadata['plan']['n'])"},
+    ]}
+    path = write_chain(tmp_path, chain, "late.json")
+    eas.script("job_submission/submit.py", "--tasks", path)
+    run_workers(eas, 1)
+    for _round in range(2):  # reused, then reused again from the reused copy
+        resumed = eas.script("job_submission/submit.py", "--tasks", path, "--resume", "--format", "json")
+        assert [d["reason"] for d in json.loads(resumed.stdout)["decisions"]] == ["reused", "reused"], resumed.stdout
+    changed = dict(chain, task_list=[dict(chain["task_list"][0], command="echo '{\"n\": 4}' > \"$EAS_METADATA_OUT\""),
+                                     chain["task_list"][1]])
+    dry = eas.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, changed, "late.json"), "--resume",
+                     "--dry-run", "--format", "json")
+    assert [d["reason"] for d in json.loads(dry.stdout)] == ["changed command", "upstream re-runs"]
