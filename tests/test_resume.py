@@ -126,6 +126,8 @@ def test_a_grown_and_edited_grid_resumes_only_the_new_the_changed_and_their_depe
         copied = connection.execute(sa.select(metadata_items.c.key, metadata_items.c.value).where(
             metadata_items.c.task_id == after[("show", 0, 0)].id, metadata_items.c.scope == "task")).all()
     assert [(key, json.loads(value)) for key, value in copied] == [("lines", 1)]
+    explained = eas.script("diagnostics/explain_task.py", str(after[("show", 0, 0)].id))
+    assert "reused the results of attempt 1 of task %d" % before[("show", 0, 0)].id in explained.stdout, explained.stdout
 
     again = eas.script("job_submission/submit.py", "--tasks", path, "--resume", "--dry-run", "--format", "json")
     assert {d["reason"] for d in json.loads(again.stdout)} == {"reused"}  # a third look: nothing left to run
