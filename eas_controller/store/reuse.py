@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
+from eas_controller.database.dialects import insert_rows_returning_ids
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import (
     attempts,
@@ -173,17 +174,21 @@ def take_over(connection: Connection, pairs: list[tuple[int, Earlier]], now: flo
         for row in connection.execute(sa.select(products.c.id, products.c.task_id, products.c.relative_path)
                                       .where(products.c.task_id.in_(chunk))):
             planned[(row.task_id, row.relative_path)] = row.id
+    versions, product_ids = [], []
     for task_id, earlier in pairs:
         for relative_path, version in made[earlier.task_id].items():
             product_id = planned.get((task_id, relative_path))
             if product_id is None:
                 continue
-            version_id = connection.execute(product_versions.insert().values(
-                product_id=product_id, attempt_id=earlier.attempt_id, path=version["path"], size=version["size"],
-                md5=version["md5"], qc_state=version["qc_state"], qc_message=version["qc_message"], created_at=now,
-            )).inserted_primary_key[0]
-            connection.execute(products.update().where(products.c.id == product_id)
-                               .values(state="made", latest_version_id=version_id))
+            product_ids.append(product_id)
+            versions.append(dict(product_id=product_id, attempt_id=earlier.attempt_id, path=version["path"],
+                                 size=version["size"], md5=version["md5"], qc_state=version["qc_state"],
+                                 qc_message=version["qc_message"], created_at=now))
+    version_ids = insert_rows_returning_ids(connection, product_versions, versions)
+    publish = [dict(product=product_id, version=version_id) for product_id, version_id in zip(product_ids, version_ids)]
+    for chunk in chunks(publish):
+        connection.execute(products.update().where(products.c.id == sa.bindparam("product"))
+                           .values(state="made", latest_version_id=sa.bindparam("version")), chunk)
     by_old = {earlier.task_id: (task_id, earlier) for task_id, earlier in pairs}
     copies = []
     for chunk in chunks(sorted(by_old)):
