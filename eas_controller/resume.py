@@ -26,6 +26,7 @@ from eas_controller.store.plans import compared_fields, fingerprint, type_versio
 NEW = "new"
 REUSED = "reused"
 UPSTREAM = "upstream re-runs"
+STORED_PATH_LENGTH = 1024  # eas_tasks.chain_path
 
 
 @dataclasses.dataclass
@@ -52,6 +53,11 @@ class Decision:
         )
 
 
+def stored_path(node: Node) -> str:
+    """A node's chain path as the tasks table holds it (cut at its column's length)."""
+    return node.chain_path[:STORED_PATH_LENGTH]
+
+
 def check_earlier_job(connection: Connection, plan: Plan) -> None:
     """:class:`ChainError` (one line) when no job of the plan's name is in the database."""
     names = reuse_store.job_names(connection)
@@ -66,7 +72,7 @@ def check_earlier_job(connection: Connection, plan: Plan) -> None:
 def decide(connection: Connection, plan: Plan) -> list[Decision]:
     """One :class:`Decision` per worker task of the plan, in plan order."""
     leaves = plan.worker_tasks
-    earlier = reuse_store.earlier_tasks(connection, plan.job_name, [node.chain_path for node in leaves])
+    earlier = reuse_store.earlier_tasks(connection, plan.job_name, [stored_path(node) for node in leaves])
     earlier_ids = [found.task_id for found in earlier.values()]
     read = reuse_store.inputs_read(connection, earlier_ids)
     made = reuse_store.outputs_made(connection, earlier_ids)
@@ -76,7 +82,7 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
     decisions: dict[int, Decision] = {}
 
     def reason_for(node: Node) -> Decision:
-        found = earlier.get(node.chain_path)
+        found = earlier.get(stored_path(node))
         if found is None or found.attempt_id is None:
             return Decision(node, NEW)
         evaluated = _evaluated(node, requested.get(node.index))
@@ -87,13 +93,12 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
         changed = _changed_field(node, found, versions.get(node.task_type, "1"), evaluated)
         if changed:
             return Decision(node, "changed " + changed, found)
-        upstream = [producer for producer, _path, _semantic in node.file_dependencies] + list(node.metadata_from)
-        if any(producer.is_control or not decided(producer).reused for producer in upstream):
+        if any(producer.is_control or not decisions[producer.index].reused for producer in _upstream(node)):
             return Decision(node, UPSTREAM, found)
         producers = {path: producer for producer, path, _semantic in node.file_dependencies}
         for semantic, path in sorted(node.inputs.items()):
             if path in producers:
-                now = made.get(earlier[producers[path].chain_path].task_id, {}).get(path, {}).get("md5")
+                now = made.get(earlier[stored_path(producers[path])].task_id, {}).get(path, {}).get("md5")
             else:
                 now = database.get(path)
             if now is None or now != read.get(found.task_id, {}).get(path):
@@ -107,14 +112,33 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
             node.description, node.needs_evaluation = evaluated, False
         return Decision(node, REUSED, found)
 
-    def decided(node: Node) -> Decision:
-        if node.index not in decisions:
-            decisions[node.index] = reason_for(node)
-        return decisions[node.index]
-
-    for node in leaves:  # producers are decided first, through decided()
-        decided(node)
+    for node in _dependency_order(leaves):
+        decisions[node.index] = reason_for(node)
     return [decisions[node.index] for node in leaves]
+
+
+def _upstream(node: Node) -> list[Node]:
+    """The tasks of the plan ``node`` waits for: producers of the files it reads, its metadata sources."""
+    return [producer for producer, _path, _semantic in node.file_dependencies] + list(node.metadata_from)
+
+
+def _dependency_order(leaves: list[Node]) -> list[Node]:
+    """The worker tasks, each after the worker tasks it waits for (iterative: chains may be long; the plan
+    has no cycles, expansion refused them)."""
+    order, seen = [], set()
+    for start in leaves:
+        stack = [(start, False)]
+        while stack:
+            node, finished = stack.pop()
+            if finished:
+                order.append(node)
+                continue
+            if node.index in seen:
+                continue
+            seen.add(node.index)
+            stack.append((node, True))
+            stack.extend((up, False) for up in _upstream(node) if not up.is_control and up.index not in seen)
+    return order
 
 
 def _evaluated(node: Node, requested: dict | None) -> dict | str | None:
@@ -157,7 +181,7 @@ def _requested_metadata(connection: Connection, leaves: list[Node], earlier: dic
     wanted: dict[int, dict[str, int]] = {}
     for node in leaves:
         if node.needs_evaluation:
-            sources = {source.name: earlier.get(source.chain_path) for source in node.metadata_from}
+            sources = {source.name: earlier.get(stored_path(source)) for source in node.metadata_from}
             if all(found is not None for found in sources.values()):
                 wanted[node.index] = {name: found.task_id for name, found in sources.items()}
     values = output_of(connection, {task_id for sources in wanted.values() for task_id in sources.values()})

@@ -182,3 +182,16 @@ def test_fields_evaluated_from_requested_metadata_are_compared_once_evaluated(ea
     dry = eas.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, changed, "late.json"), "--resume",
                      "--dry-run", "--format", "json")
     assert [d["reason"] for d in json.loads(dry.stdout)] == ["changed command", "upstream re-runs"]
+
+
+def test_a_long_chain_of_dependencies_is_decided_in_order(eas_sqlite, tmp_path):
+    """1,500 tasks each reading the file of the one before: decided without deep recursion, readers after
+    their producers (listed in chain order, all new: nothing ran)."""
+    steps = [{"task": "shell", "command": "true", "outputs": {"f": "f0.txt"}}] + [
+        {"task": "shell", "command": "true", "inputs": {"f": "f%d.txt" % (n - 1)}, "outputs": {"f": "f%d.txt" % n}}
+        for n in range(1, 1500)]
+    path = write_chain(tmp_path, {"job_name": "long", "task_list": steps[::-1]}, "long.json")
+    eas_sqlite.script("job_submission/submit.py", "--tasks", path)
+    dry = eas_sqlite.script("job_submission/submit.py", "--tasks", path, "--resume", "--dry-run", "--format", "json")
+    decisions = json.loads(dry.stdout)
+    assert len(decisions) == 1500 and {d["reason"] for d in decisions} == {"new"}
