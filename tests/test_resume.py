@@ -195,3 +195,18 @@ def test_a_long_chain_of_dependencies_is_decided_in_order(eas_sqlite, tmp_path):
     dry = eas_sqlite.script("job_submission/submit.py", "--tasks", path, "--resume", "--dry-run", "--format", "json")
     decisions = json.loads(dry.stdout)
     assert len(decisions) == 1500 and {d["reason"] for d in decisions} == {"new"}
+
+
+def test_raising_a_task_types_version_runs_its_tasks_again(eas_sqlite, tmp_path):
+    eas = eas_sqlite
+    path = write_chain(tmp_path, grid_chain([10], change=False), "grid.json")
+    eas.script("job_submission/submit.py", "--tasks", path)
+    run_workers(eas, 1)
+    registry = tmp_path / "shell_v2.yaml"
+    registry.write_text('task_types:\n  shell:\n    command: "{command}"\n    version: 2\n')
+    eas.script("database_initialisation/init_schema.py", "--task-types", str(registry))
+    dry = eas.script("job_submission/submit.py", "--tasks", path, "--resume", "--dry-run", "--format", "json")
+    assert [d["reason"] for d in json.loads(dry.stdout)] == ["changed task-type version"] * 6  # both are shell tasks
+    with eas.engine.connect() as connection:
+        assert set(connection.execute(sa.select(tasks.c.type_version).where(tasks.c.is_control.is_(False)))
+                   .scalars()) == {"1"}
