@@ -25,7 +25,8 @@ SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tas
 
 CONTROL_TYPES = ("execution_chain", "execution_for_loop", "execution_conditional", "execution_do_while_loop")
 
-ALLOWED_KEYS = {"python", "command", "container", "resources", "max_attempts", "timeout_s", "qc", "description"}
+ALLOWED_KEYS = {"python", "command", "container", "resources", "max_attempts", "timeout_s", "qc", "description",
+                "version"}
 RESOURCE_KEYS = {"cpu", "gpu", "memory_gb"}
 
 
@@ -46,6 +47,7 @@ class TaskType:
     qc: str | None = None
     container: str | None = None
     source: str = ""
+    version: str = "1"  # raise it when the implementation changes what it makes (submit.py --resume re-runs)
 
     def as_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -126,7 +128,12 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
     container = entry.get("container")
     if container is not None and not isinstance(container, str):
         raise RegistryError("%s: container must be a string (an image or deployment name)" % where)
+    version = entry.get("version", "1")
+    if isinstance(version, bool) or not isinstance(version, (str, int, float)) or not str(version).strip() \
+            or len(str(version)) > 64:
+        raise RegistryError("%s: version must be a string or number of 1 to 64 characters, not %r" % (where, version))
     return TaskType(
+        version=str(version),
         name=name,
         kind=kind,
         target=target,

@@ -31,7 +31,7 @@ LATE_FIELDS = ("task_list", "else_task_list", "repeat_criterion")
 #: fields that must be known when the task is created (dependencies are inferred from them)
 EARLY_FIELDS = ("task", "name", "inputs", "outputs", "job_name", "working_directory", "priority",
                 "requires_metadata_from")
-CHAIN_KEYS = {"job_name", "working_directory", "task_list", "priority", "comment", "random_seed"}
+CHAIN_KEYS = {"job_name", "working_directory", "task_list", "priority", "comment", "random_seed", "resume"}
 #: where a control task (or a leaf evaluated late) keeps the chain's random_seed for run-time evaluation
 RANDOM_SEED_FIELD = "eas_random_seed"
 #: fields every task may have

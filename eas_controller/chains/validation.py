@@ -273,6 +273,8 @@ def validate_chain(chain: Any, source: str, known_types: Iterable[str]) -> None:
     for field in ("job_name", "working_directory"):
         if field in chain and not isinstance(chain[field], str):
             raise ChainError("%s: field '%s' must be a string, not %s" % (source, field, json_type(chain[field])))
+    if "resume" in chain and not isinstance(chain["resume"], bool):
+        raise ChainError("%s: field 'resume' must be true or false, not %s" % (source, json_type(chain["resume"])))
     seed = chain.get("random_seed")
     if "random_seed" in chain and (isinstance(seed, bool) or not isinstance(seed, (int, str))
                                    or (isinstance(seed, str) and not 0 < len(seed) <= 255)):

@@ -17,6 +17,9 @@ def build_parser():
     parser.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     parser.add_argument("--job-name", help="override the chain's job_name")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the results of tasks unchanged since a succeeded run of the same job (see "
+                             "submit.py --resume)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="summary format")
     return parser
 
@@ -55,9 +58,13 @@ def run_local(args) -> int:
             store_registry(connection, read_registries(settings.task_type_files))
         print("created the database schema in %s" % settings.database_url)
     cli.connect(settings)  # checks the schema version
-    job_id, plan = submit_chain(engine, chain, source, args.job_name)
+    job_id, plan, decisions = submit_chain(engine, chain, source, args.job_name, args.resume, with_decisions=True)
     print("submitted job %d (%s): %d tasks, %d on workers" % (job_id, plan.job_name, len(plan.nodes),
                                                                len(plan.worker_tasks)))
+    if decisions:
+        from eas_controller.views.resume import summary
+
+        print(summary(decisions))
     log_dir = os.path.join(settings.data_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     environment = dict(os.environ, EAS_DB_URL=settings.database_url, EAS_DATA_DIR=settings.data_dir,

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Long JSON documents: TEXT is only 64 KiB on MySQL.
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -49,6 +49,7 @@ task_types = Table(
     Column("max_attempts", Integer),
     Column("timeout_s", Double),
     Column("qc", String(255)),
+    Column("version", String(64), nullable=False, server_default="1"),  # the registry's version
     Column("definition", Text, nullable=False),  # the registry entry as JSON
     Column("source", String(1024), nullable=False),
     Column("updated_at", Double, nullable=False),
@@ -86,6 +87,9 @@ tasks = Table(
     Column("max_attempts", Integer),
     Column("not_before", Double),  # retry backoff: not promoted before this time
     Column("error_text", Text),
+    Column("type_version", String(64)),  # the task type's registry version when the task was created
+    Column("fingerprint", String(64)),  # hash of type, type version and evaluated description (docs/resume.md)
+    Column("reused_from_attempt_id", Integer),  # submit.py --resume: the succeeded attempt it took over
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Index("ix_eas_tasks_state_priority", "state", "priority", "id"),

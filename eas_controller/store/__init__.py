@@ -14,5 +14,6 @@ clause, and reports the rows it did not move (:class:`~eas_controller.store.move
 - :mod:`.sql_queue`: ``insert``, ``take``, ``remove``, ``take_all``, and the rows a resync adds or drops
 - :mod:`.workers`: ``register``, ``heartbeat``, ``mark_stopped``
 - :mod:`.plans`: ``write_plan`` (tasks, dependencies and planned products of a submission or an expansion)
+- :mod:`.reuse`: what earlier runs of a job left, and ``take_over`` (a resumed task finished with them)
 - :mod:`.metadata`, :mod:`.logs`, :mod:`.products`: output metadata, log lines, product versions
 """

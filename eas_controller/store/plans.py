@@ -7,9 +7,10 @@ round trips as the back end allows, so a 10^5-task chain costs a few hundred sta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,7 +19,27 @@ from eas_controller import states
 from eas_controller.chains import ChainError, Plan
 from eas_controller.database.dialects import insert_rows_returning_ids
 from eas_controller.database.engine import chunks
-from eas_controller.database.schema import jobs, products, task_dependencies, tasks
+from eas_controller.database.schema import jobs, products, task_dependencies, task_types, tasks
+
+#: description fields that do not change what a task makes: left out of its fingerprint
+NOT_FINGERPRINTED = ("comment", "priority")
+
+
+def compared_fields(description: dict) -> dict:
+    """The part of an evaluated description that :func:`fingerprint` hashes (and a resume compares)."""
+    return {key: value for key, value in description.items() if key not in NOT_FINGERPRINTED}
+
+
+def fingerprint(task_type: str, type_version: str, description: dict) -> str:
+    """sha256 of the task type, its registry version and the evaluated description (canonical JSON)."""
+    canonical = json.dumps([task_type, type_version, compared_fields(description)], sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def type_versions(connection: Connection) -> dict[str, str]:
+    """{task type: its registry version}."""
+    return dict(connection.execute(sa.select(task_types.c.name, task_types.c.version)).all())
 
 
 def find_producers(connection: Connection, paths: Iterable[str], lock: bool = True) -> dict[str, tuple[int, bool]]:
@@ -60,13 +81,20 @@ def create_job(connection: Connection, name: str, source: str | None) -> int:
     return connection.execute(jobs.insert().values(name=name, source=source, submitted_at=time.time())).inserted_primary_key[0]
 
 
-def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: dict[str, int | None] | None = None) -> dict[int, int]:
+def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: dict[str, int | None] | None = None,
+               reuse: dict[int, Any] | None = None) -> dict[int, int]:
     """Insert the plan's tasks, dependencies and planned products. Returns {node index: task id}.
 
-    Raises :class:`ChainError` (before writing anything) when an input is produced by nobody.
+    ``reuse`` ({node index: :class:`~eas_controller.store.reuse.Earlier`}, from ``submit.py --resume``) names
+    the worker tasks that take an earlier run's results over instead of running: they are written ready
+    with every dependency on them already satisfied, and the caller finishes them with
+    :func:`eas_controller.store.reuse.take_over`. Raises :class:`ChainError` (before writing anything) when
+    an input is produced by nobody.
     """
     nodes = plan.nodes
     max_attempts = max_attempts or {}
+    reuse = reuse or {}
+    versions = type_versions(connection)
     producers = check_inputs(connection, plan)
 
     # Dependencies per node: (kind, Node or existing task id, satisfied); one row per distinct target.
@@ -74,11 +102,11 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
     for node in nodes:
         required: dict = {}
         for child in node.children:
-            required.setdefault(("node", child.index), ("child", False))
+            required.setdefault(("node", child.index), ("child", child.index in reuse))
         for source in node.metadata_from:
-            required.setdefault(("node", source.index), ("metadata", False))
+            required.setdefault(("node", source.index), ("metadata", source.index in reuse))
         for producer, _path, _semantic in node.file_dependencies:
-            required.setdefault(("node", producer.index), ("file", False))
+            required.setdefault(("node", producer.index), ("file", producer.index in reuse))
         for path, _semantic in node.unresolved_inputs:
             task_id, ready = producers[path]
             required.setdefault(("task", task_id), ("file", ready))
@@ -99,6 +127,8 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
             else:
                 state = states.WAITING if unmet else states.READY
             parent_id = ids[node.parent.index] if node.parent is not None else node.parent_task_id
+            version = None if node.is_control else versions.get(node.task_type, "1")
+            earlier = reuse.get(node.index)
             rows.append(
                 dict(
                     job_id=job_id,
@@ -118,6 +148,9 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
                     attempt_count=0,
                     max_attempts=max_attempts.get(node.task_type),
                     needs_evaluation=node.needs_evaluation,
+                    type_version=version,
+                    fingerprint=None if node.is_control else fingerprint(node.task_type, version, node.description),
+                    reused_from_attempt_id=earlier.attempt_id if earlier is not None else None,
                     created_at=now,
                     updated_at=now,
                 )

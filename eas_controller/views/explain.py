@@ -45,7 +45,13 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
     waits = _dependencies(connection, task)
     unmet = [dep for dep in waits if not dep["satisfied"]]
     state = task.state
-    if state == states.DONE:
+    if state == states.DONE and task.reused_from_attempt_id is not None:
+        source = connection.execute(sa.select(attempts.c.task_id, attempts.c.number)
+                                    .where(attempts.c.id == task.reused_from_attempt_id)).first()
+        say("reused", "%s is done without running: submit.py --resume reused the results of %s." % (
+            label, "attempt %d of task %d" % (source.number, source.task_id) if source else
+            "attempt id %d" % task.reused_from_attempt_id), reused_from_attempt_id=task.reused_from_attempt_id)
+    elif state == states.DONE:
         last = tries[-1] if tries else None
         say("done", "%s is done%s." % (label, " (attempt %d succeeded on %s after %.3g s)" % (
             last["number"], last["worker"], last["wall_s"] or 0) if last and last["state"] == states.A_SUCCEEDED else ""))
