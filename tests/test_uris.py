@@ -255,18 +255,24 @@ def test_file_and_http_inputs(eas, tmp_path, web):
     local.parent.mkdir()
     local.write_text("from a local file\n")
     file_uri = "file://" + str(local).replace(" ", "%20")
+    published = tmp_path / "elsewhere" / "published.txt"
+    published_uri, failed_uri = "file://" + str(published), "file://" + str(tmp_path / "elsewhere" / "failed.txt")
     chain = {"job_name": "uris_file_http", "working_directory": "web", "task_list": [
         {"task": "concatenate", "name": "join",
          "inputs": {"a": file_uri, "b": base + "/part_b.txt"}, "outputs": {"joined": "joined.txt"}},
         {"task": "copy_input_command", "name": "template", "inputs": {"source": base + "/part_b.txt"},
          "outputs": {"copy": "copy.txt"}},
         {"task": "shell", "name": "environment", "inputs": {"page": file_uri}, "outputs": {"copy": "copy_a.txt"},
-         "command": "cp \"$EAS_INPUT_PAGE\" \"$EAS_OUTPUT_COPY\""}]}
+         "command": "cp \"$EAS_INPUT_PAGE\" \"$EAS_OUTPUT_COPY\""},
+        {"task": "write_text", "name": "to_file_uri", "text": "published", "outputs": {"text": published_uri}},
+        {"task": "shell", "name": "fails_to_file_uri", "outputs": {"text": failed_uri},
+         "command": "echo half > \"$EAS_OUTPUT_TEXT\"; exit 1"}]}
     job_id = submit(eas, chain, tmp_path)
     run_workers(eas, 1)
     tasks = job_tasks(eas, job_id)
-    assert {name: row.state for name, row in tasks.items()} == {"join": "done", "template": "done",
-                                                                 "environment": "done"}, \
+    assert {name: row.state for name, row in tasks.items()} == {
+        "join": "done", "template": "done", "environment": "done", "to_file_uri": "done",
+        "fails_to_file_uri": "failed"}, \
         [log_text(eas, row.id) for row in tasks.values()]
     data_dir = eas.settings.data_dir
     with open(os.path.join(data_dir, "web", "joined.txt")) as handle:
@@ -276,6 +282,10 @@ def test_file_and_http_inputs(eas, tmp_path, web):
     with open(os.path.join(data_dir, "web", "copy_a.txt")) as handle:
         assert handle.read() == "from a local file\n"
     assert local.read_text() == "from a local file\n"  # read, not moved
+    assert published.read_text() == "published"
+    assert sorted(os.listdir(published.parent)) == ["published.txt"]  # nothing of the failed task, nothing partial
+    (version,) = versions_of(eas, tasks["to_file_uri"].id)
+    assert (version.path, version.size, version.md5) == (published_uri, 9, md5(b"published"))
     assert "fetched input b from %s/part_b.txt (13 bytes)" % base in log_text(eas, tasks["join"].id)
 
 
@@ -345,12 +355,13 @@ def test_failed_tasks_and_failed_uploads_leave_nothing_in_the_bucket(eas_two, tm
         {"task": "shell", "name": "no_bucket", "outputs": {"result": "s3://eas-no-such-bucket-%s/x.txt" % bucket},
          "command": "echo whole > \"$EAS_OUTPUT_RESULT\""},
         {"task": "shell", "name": "missing_input", "command": "true",
-         "inputs": {"raw": "s3://%s/absent/raw.txt" % bucket}}]}
+         "inputs": {"raw": "s3://%s/absent/raw.txt" % bucket}},
+        {"task": "fault_qc_text", "name": "rejected", "text": "bad", "outputs": {"text": "s3://%s/qc/out.txt" % bucket}}]}
     job_id = submit(eas_two, chain, tmp_path)
     run_workers(eas_two, 1)
     tasks = job_tasks(eas_two, job_id)
     assert {name: row.state for name, row in tasks.items()} == {
-        "fails": "failed", "no_bucket": "failed", "missing_input": "failed"}
+        "fails": "failed", "no_bucket": "failed", "missing_input": "failed", "rejected": "failed"}
     assert s3.keys(bucket) == []  # nothing at the destination, nothing partial beside it
     assert attempts_of(eas_two, tasks["fails"].id)[-1].error_text == "command exited with status 3"
     upload_error = attempts_of(eas_two, tasks["no_bucket"].id)[-1].error_text
@@ -358,8 +369,14 @@ def test_failed_tasks_and_failed_uploads_leave_nothing_in_the_bucket(eas_two, tm
     assert "Traceback" not in upload_error
     assert attempts_of(eas_two, tasks["missing_input"].id)[-1].error_text == (
         "input 'raw': cannot read s3://%s/absent/raw.txt: it does not exist" % bucket)
-    for task in tasks.values():
-        assert versions_of(eas_two, task.id) == []
+    for name, task in tasks.items():
+        if name != "rejected":
+            assert versions_of(eas_two, task.id) == []
+    attempt = attempts_of(eas_two, tasks["rejected"].id)[-1]
+    kept = os.path.join(eas_two.settings.data_dir, "failed_qc", "attempt_%d" % attempt.id, "s3", bucket, "qc", "out.txt")
+    with open(kept) as handle:  # a product that failed QC is kept aside locally, never uploaded
+        assert handle.read() == "bad"
+    assert [(v.state, v.path) for v in versions_of(eas_two, tasks["rejected"].id)][-1] == ("failed_qc", kept)
 
 
 def test_a_gunzipped_shared_file_is_fetched_once_per_worker_and_shared(eas_pg, tmp_path, s3):
@@ -419,3 +436,25 @@ def test_shared_file_cache_is_keyed_by_uri_and_concurrency_safe(tmp_path, web):
         transfer.shared_file(base + "/plain.txt|gunzip")
     transfer.close()
     assert not os.path.exists(str(tmp_path / "cache"))
+
+
+def test_standalone_run_fetches_and_uploads(tmp_path, s3, web):
+    """launch_standalone.py runs tasks with URIs as a worker does, with no database."""
+    from conftest import PROJECT_ROOT
+
+    base, folder = web
+    (folder / "model.txt.gz").write_bytes(gzip.compress(b"shared\n"))
+    bucket = s3.bucket()
+    source = s3.put(bucket, "in.txt", b"input\n")
+    task_file = write_chain(tmp_path, {"task_list": [
+        {"task": "shell", "name": "both", "inputs": {"raw": source}, "outputs": {"out": "s3://%s/out.txt" % bucket},
+         "resources": {"files": {"model": base + "/model.txt.gz|gunzip"}},
+         "command": "cat \"$EAS_INPUT_RAW\" \"$EAS_RESOURCE_MODEL\" > \"$EAS_OUTPUT_OUT\""}]}, "standalone.json")
+    script = os.path.join(PROJECT_ROOT, "eas_controller", "worker_orchestration", "launch_standalone.py")
+    environment = dict(os.environ, EAS_CONFIG=str(tmp_path / "no_settings.yaml"), PYTHONUNBUFFERED="1")
+    result = subprocess.run([script, "--task", task_file, "--data-dir", str(tmp_path / "data"), "--format", "json"],
+                            cwd=os.path.dirname(script), env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (task,) = json.loads(result.stdout)["tasks"]
+    assert task["state"] == "succeeded" and task["outputs"] == {"out": "s3://%s/out.txt" % bucket}
+    assert s3.get(bucket, "out.txt") == b"input\nshared\n" and s3.keys(bucket) == ["in.txt", "out.txt"]
