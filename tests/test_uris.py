@@ -458,3 +458,74 @@ def test_standalone_run_fetches_and_uploads(tmp_path, s3, web):
     (task,) = json.loads(result.stdout)["tasks"]
     assert task["state"] == "succeeded" and task["outputs"] == {"out": "s3://%s/out.txt" % bucket}
     assert s3.get(bucket, "out.txt") == b"input\nshared\n" and s3.keys(bucket) == ["in.txt", "out.txt"]
+
+
+def test_publication_of_s3_products_is_taken_back_or_committed(tmp_path, s3):
+    """What the completion transaction does with an uploaded product: move it into place keeping the object it
+    replaces until commit; undo (the attempt turned out lost) puts that back and deletes unpublished uploads."""
+    from eas_controller.worker.transfer import Publication, Transfer
+
+    bucket = s3.bucket()
+    final = s3.put(bucket, "product.txt", b"earlier version")
+    transfer = Transfer()
+    local = tmp_path / "new.txt"
+    local.write_bytes(b"new version")
+
+    def uploaded(suffix: str) -> str:
+        temporary = "%s.partial-7-%s" % (final, suffix)
+        transfer.upload(str(local), temporary)
+        return temporary
+
+    publication = Publication(transfer)
+    temporary = uploaded("a")
+    publication.expect({"text": {"upload": temporary}})
+    publication.publish(temporary, final)
+    publication.publish(temporary, final)  # a retry of the same transaction moves nothing twice
+    assert s3.get(bucket, "product.txt") == b"new version"
+    assert [key.split(".previous-")[0] for key in s3.keys(bucket)] == ["product.txt", "product.txt"]
+    assert publication.undo() == 1
+    assert s3.get(bucket, "product.txt") == b"earlier version" and s3.keys(bucket) == ["product.txt"]
+
+    publication = Publication(transfer)
+    temporary = uploaded("b")
+    publication.expect({"text": {"upload": temporary}})
+    publication.publish(temporary, final)
+    publication.commit()
+    assert s3.get(bucket, "product.txt") == b"new version" and s3.keys(bucket) == ["product.txt"]
+
+    publication = Publication(transfer)  # uploaded, then the attempt was lost before its transaction
+    publication.expect({"text": {"upload": uploaded("c")}})
+    assert publication.undo() == 0
+    assert s3.keys(bucket) == ["product.txt"]
+
+
+def test_a_uri_made_by_an_earlier_job_is_waited_for(eas_sqlite, tmp_path):
+    uri = "file://" + str(tmp_path / "shared" / "made_by_job_one.txt")
+    first = submit(eas_sqlite, {"job_name": "one", "task_list": [
+        {"task": "write_text", "name": "maker", "text": "from job one", "outputs": {"text": uri}}]}, tmp_path, "one.json")
+    second = submit(eas_sqlite, {"job_name": "two", "task_list": [
+        {"task": "copy_input_command", "name": "reader", "inputs": {"source": uri}, "outputs": {"copy": "copy.txt"}}]},
+        tmp_path, "two.json")
+    maker, reader = job_tasks(eas_sqlite, first)["maker"], job_tasks(eas_sqlite, second)["reader"]
+    with eas_sqlite.engine.connect() as connection:
+        waits = connection.execute(sa.select(task_dependencies.c.requires_task_id)
+                                   .where(task_dependencies.c.task_id == reader.id)).scalars().all()
+    assert waits == [maker.id] and reader.state == "waiting"
+    run_workers(eas_sqlite, 1)
+    assert job_tasks(eas_sqlite, second)["reader"].state == "done"
+    with open(os.path.join(eas_sqlite.settings.data_dir, "copy.txt")) as handle:
+        assert handle.read() == "from job one"
+
+
+def test_s3_endpoint_setting(tmp_path):
+    from eas_controller.config import ConfigError, load_settings
+
+    path = tmp_path / "settings.yaml"
+    path.write_text("s3_endpoint_url: http://minio.local:9000\n")
+    assert load_settings(config_path=str(path), environ={}).s3_endpoint_url == "http://minio.local:9000"
+    assert load_settings(config_path=str(path), environ={"EAS_S3_ENDPOINT_URL": "https://s3.example.org"}
+                         ).s3_endpoint_url == "https://s3.example.org"
+    with pytest.raises(ConfigError, match="s3_endpoint_url must be an http:// or https:// URL without credentials") \
+            as caught:
+        load_settings(config_path=str(path), environ={"EAS_S3_ENDPOINT_URL": "https://key:hunter2@s3.example.org"})
+    assert "hunter2" not in str(caught.value)
