@@ -33,6 +33,7 @@ ENVIRONMENT_VARIABLES = {
     "max_lost_attempts": "EAS_MAX_LOST_ATTEMPTS",
     "retry_backoff_s": "EAS_RETRY_BACKOFF_SECONDS",
     "scheduler_interval": "EAS_SCHEDULER_INTERVAL",
+    "s3_endpoint_url": "EAS_S3_ENDPOINT_URL",
 }
 
 QUEUE_IMPLEMENTATIONS = ("sql", "amqp")
@@ -58,6 +59,8 @@ class Settings:
     scheduler_interval: float = 0.5
     task_type_files: list[str] = dataclasses.field(default_factory=list)
     api_tokens: list[str] = dataclasses.field(default_factory=list)  # bearer tokens the REST API accepts for writes
+    #: the S3 service of s3:// URIs (an S3-compatible store); None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
+    s3_endpoint_url: str | None = None
     settings_path: str | None = None  # where these settings were read from / will be saved
 
     @property
@@ -88,6 +91,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError("%s: task_type_files must be a list of file paths" % source)
     if name == "api_tokens" and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
         raise ConfigError("%s: api_tokens must be a list of non-empty strings" % source)
+    if name == "s3_endpoint_url" and value is not None and not (
+            isinstance(value, str) and value.startswith(("http://", "https://")) and "@" not in value):
+        raise ConfigError("%s: s3_endpoint_url must be an http:// or https:// URL without credentials, not %r"
+                          % (source, redact_url(str(value))))
     if name in ("lease_seconds", "scheduler_interval", "max_attempts", "max_lost_attempts") and value <= 0:
         raise ConfigError("%s: setting %r must be positive, not %r" % (source, name, value))
     if name == "retry_backoff_s" and value < 0:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection
 
+from eas_controller import uris
 from eas_controller.database.schema import task_types as task_types_table
 
 SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_types.yaml")
@@ -27,7 +28,7 @@ CONTROL_TYPES = ("execution_chain", "execution_for_loop", "execution_conditional
 
 ALLOWED_KEYS = {"python", "command", "container", "resources", "max_attempts", "timeout_s", "qc", "description",
                 "version"}
-RESOURCE_KEYS = {"cpu", "gpu", "memory_gb"}
+RESOURCE_KEYS = {"cpu", "gpu", "memory_gb", "files"}
 
 
 class RegistryError(ValueError):
@@ -48,10 +49,20 @@ class TaskType:
     container: str | None = None
     source: str = ""
     version: str = "1"  # raise it when the implementation changes what it makes (submit.py --resume re-runs)
+    #: shared files (``resources.files``): ((name, URI), ...) sorted by name; kept in the ``definition`` column
+    files: tuple = ()
+
+    @property
+    def resource_files(self) -> dict[str, str]:
+        return dict(self.files)
 
     def as_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
-        row["definition"] = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        definition = dict(row)
+        if not self.files:  # the definition of a type without shared files is what it was before they existed
+            del definition["files"]
+        del row["files"]
+        row["definition"] = json.dumps(definition, sort_keys=True)
         row["updated_at"] = time.time()
         return row
 
@@ -109,6 +120,16 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
     unknown = sorted(set(resources) - RESOURCE_KEYS)
     if unknown:
         raise RegistryError("%s: unknown resource(s) %s; allowed: %s" % (where, unknown, sorted(RESOURCE_KEYS)))
+    files = resources.get("files") or {}
+    if not isinstance(files, dict):
+        raise RegistryError("%s: resources.files must be a mapping {name: URI}" % where)
+    for file_name, spec in files.items():
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise RegistryError("%s: resources.files: names must be non-empty strings, not %r" % (where, file_name))
+        try:
+            uris.check_file_spec(spec)
+        except uris.UriError as error:
+            raise RegistryError("%s: resources.files.%s: %s" % (where, file_name, error)) from None
     cpu = _number(resources.get("cpu", 1), where + ": resources.cpu")
     if cpu == 0:
         raise RegistryError("%s: resources.cpu must be greater than 0" % where)
@@ -145,6 +166,7 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
         qc=qc,
         container=container,
         source=source,
+        files=tuple(sorted(files.items())),
     )
 
 
@@ -197,9 +219,14 @@ def store_registry(connection: Connection, types: dict[str, TaskType]) -> dict[s
 
 def load_registry(connection: Connection) -> dict[str, TaskType]:
     """The registry as stored in the database (what workers and the submitter use)."""
-    fields = [field.name for field in dataclasses.fields(TaskType)]
-    rows = connection.execute(sa.select(*[task_types_table.c[name] for name in fields]))
-    return {row.name: TaskType(**row._asdict()) for row in rows}
+    fields = [field.name for field in dataclasses.fields(TaskType) if field.name != "files"]
+    rows = connection.execute(sa.select(*[task_types_table.c[name] for name in fields], task_types_table.c.definition))
+    types = {}
+    for row in rows:
+        values = row._asdict()
+        files = json.loads(values.pop("definition")).get("files") or ()
+        types[row.name] = TaskType(**values, files=tuple((name, uri) for name, uri in files))
+    return types
 
 
 def type_names(connection: Connection) -> list[str]:

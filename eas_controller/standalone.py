@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 
-from eas_controller import products
+from eas_controller import products, uris
 from eas_controller.chains import (DO_WHILE, ChainError, evaluate_late_fields,
                                    expand_control_task, read_chain_text)
 from eas_controller.registry import TaskType
@@ -22,6 +22,7 @@ from eas_controller.worker.completion import inspect_outputs
 from eas_controller.worker.execution import Outcome, prepare, run_command
 from eas_controller.worker.logs import LogBuffer
 from eas_controller.worker.pool import PythonChild
+from eas_controller.worker.transfer import Publication, Transfer, TransferError, fetch_for_attempt
 
 SUCCEEDED, FAILED, SKIPPED, WAITING = "succeeded", "failed", "skipped", "waiting"
 
@@ -101,6 +102,7 @@ class StandaloneRun:
         self.by_id: dict[int, Item] = {}
         self.producers: dict[str, Item] = {}
         self.child = PythonChild()
+        self.transfer = Transfer(os.path.join(self.data_dir, "cache", "standalone"))  # URIs; endpoint from the environment
         os.makedirs(os.path.join(self.data_dir, "scratch"), exist_ok=True)
 
     # -- building the tree -----------------------------------------------------------------------
@@ -238,7 +240,7 @@ class StandaloneRun:
             if node.needs_evaluation:
                 description = evaluate_late_fields(description, node.metadata, requested, node.chain_path or "<chain>")
             for path, _semantic in node.unresolved_inputs:
-                if path not in self.producers:
+                if path not in self.producers and not uris.is_uri(path):  # a URI is fetched when the task runs
                     self._find_input(path)
         except ChainError as error:
             item.state, item.error = FAILED, str(error)
@@ -246,15 +248,28 @@ class StandaloneRun:
         claim = dict(task_id=item.id, attempt_id=item.id, description=description,
                      working_directory=node.working_directory, metadata=node.metadata, requested_metadata=requested)
         prepared = prepare(claim, task_type, self.data_dir, logs=LogBuffer())
-        if task_type.kind == "python":
-            outcome = self.child.run(prepared, {"metadata": node.metadata, "requested_metadata": requested})
+        try:
+            fetch_for_attempt(prepared, self.transfer)
+        except TransferError as error:
+            outcome = Outcome(succeeded=False, error_text=str(error))
         else:
-            outcome = run_command(prepared)
+            if task_type.kind == "python":
+                outcome = self.child.run(prepared, {"metadata": node.metadata, "requested_metadata": requested})
+            else:
+                outcome = run_command(prepared)
         made = inspect_outputs(prepared, outcome, self.child.check_products)
         if outcome.succeeded:
-            for semantic, facts in made.items():
-                products.publish(facts["staged"], facts["path"])
-                item.outputs[semantic] = facts["path"]
+            publication = Publication(self.transfer)
+            publication.expect(made)
+            try:
+                for semantic, facts in made.items():
+                    publication.publish(facts.get("upload") or facts["staged"], facts["path"])
+                    item.outputs[semantic] = facts["path"]
+            except TransferError as error:
+                publication.undo()
+                outcome.succeeded, outcome.error_text = False, str(error)
+            else:
+                publication.commit()
             shutil.rmtree(prepared.work_dir, ignore_errors=True)
         item.state = SUCCEEDED if outcome.succeeded else FAILED
         item.error = outcome.error_text
@@ -278,6 +293,7 @@ class StandaloneRun:
                         report(ready)
         finally:
             self.child.close()
+            self.transfer.close()
         for item in self.items:  # whatever could not start (a cycle through the database view) is skipped
             if item.state == WAITING:
                 item.state, item.error = SKIPPED, "never became ready"

@@ -20,10 +20,12 @@ class TaskContext:
     Attributes: ``task_id``, ``attempt_id``, ``description`` (the evaluated task description),
     ``inputs`` / ``outputs`` ({semantic type: path}; write outputs exactly there), ``metadata``
     (inherited: loop values...), ``requested_metadata`` ({sibling name: its output metadata}),
-    ``work_dir`` (private scratch folder), ``cpus`` (cores granted).
+    ``work_dir`` (private scratch folder), ``cpus`` (cores granted), ``resources`` ({name: local path} of the
+    shared files in ``resources.files``, fetched once per worker).
     """
 
-    def __init__(self, environment: dict, description: dict, inputs: dict, outputs: dict, metadata_in: dict):
+    def __init__(self, environment: dict, description: dict, inputs: dict, outputs: dict, metadata_in: dict,
+                 resources: dict | None = None):
         self.task_id = int(environment["EAS_TASK_ID"])
         self.attempt_id = int(environment["EAS_ATTEMPT_ID"])
         self.work_dir = environment["EAS_WORK_DIR"]
@@ -31,6 +33,7 @@ class TaskContext:
         self.description = description
         self.inputs = inputs
         self.outputs = outputs
+        self.resources = dict(resources or {})
         self.metadata = metadata_in.get("metadata", {})
         self.requested_metadata = metadata_in.get("requested_metadata", {})
         self.output_metadata: dict = {}

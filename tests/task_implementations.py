@@ -141,3 +141,11 @@ def _deep_failure(depth):
 
 def fault_niceness(ctx):
     ctx.set_metadata("nice", os.nice(0))
+
+
+def read_shared_file(ctx):
+    """Copies the shared file ``ctx.resources["model"]`` to outputs[copy]; checks EAS_RESOURCE_MODEL names it."""
+    path = ctx.resources["model"]
+    assert os.environ["EAS_RESOURCE_MODEL"] == path, (os.environ["EAS_RESOURCE_MODEL"], path)
+    with open(path) as source, open(ctx.outputs["copy"], "w") as target:
+        target.write(source.read())

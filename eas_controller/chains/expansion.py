@@ -13,7 +13,7 @@ import json
 import posixpath
 from typing import Any, Iterable, Iterator
 
-from eas_controller import expressions
+from eas_controller import expressions, uris
 from eas_controller.chains.loops import loop_values
 from eas_controller.chains.model import (
     CHAIN,
@@ -29,7 +29,7 @@ from eas_controller.chains.model import (
     Node,
     json_type,
 )
-from eas_controller.chains.paths import check_length, normalised_directory, relative_path
+from eas_controller.chains.paths import check_length, check_resources, file_or_uri, normalised_directory
 from eas_controller.expressions import ExpressionError
 from eas_controller.registry import CONTROL_TYPES
 
@@ -177,9 +177,12 @@ class Expander:
             resolved = {}
             for semantic, filename in files.items():
                 check_length(semantic, "%s (semantic type)" % field, where)
-                resolved[semantic] = relative_path(node.working_directory, filename, where, "%s.%s" % (field, semantic))
+                resolved[semantic] = file_or_uri(node.working_directory, filename, where, "%s.%s" % (field, semantic),
+                                                 writing=field == "outputs")
                 check_length(resolved[semantic], "%s.%s" % (field, semantic), where)
             setattr(node, field, resolved)
+        if not node.needs_evaluation and "resources" in description:
+            check_resources(description["resources"], where)
         for semantic, path in node.outputs.items():
             self.register_output(node, path, where, "outputs.%s" % semantic)
 
@@ -378,5 +381,7 @@ def _planned_task_outputs(task: dict, metadata: dict, requested: dict, working_d
                 filename = expressions.evaluate_value(filename, metadata, requested)
             except ExpressionError:
                 continue
-            if isinstance(filename, str) and filename.strip():
+            if uris.is_uri(filename):
+                yield filename, semantic
+            elif isinstance(filename, str) and filename.strip():
                 yield posixpath.normpath(posixpath.join(directory, filename)), semantic

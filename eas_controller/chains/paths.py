@@ -1,10 +1,12 @@
-"""File names and working directories in a chain: kept inside the data directory and within column sizes."""
+"""File names, URIs and working directories in a chain: kept inside the data directory (or given as a URI that a
+worker can reach, see :mod:`eas_controller.uris`) and within column sizes."""
 
 from __future__ import annotations
 
 import posixpath
 from typing import Any
 
+from eas_controller import uris
 from eas_controller.chains.model import ChainError
 from eas_controller.chains.storable import check_text
 
@@ -19,6 +21,32 @@ def relative_path(working_directory: str, filename: Any, where: str, field: str)
             % (where, field, filename)
         )
     return path
+
+
+def file_or_uri(working_directory: str, filename: Any, where: str, field: str, writing: bool = False) -> str:
+    """What a task's ``inputs`` / ``outputs`` entry names: a URI as it is (checked), else a relative path."""
+    if uris.is_uri(filename):
+        try:
+            uris.check(filename, writing)
+        except uris.UriError as error:
+            raise ChainError("%s: field '%s': %s" % (where, field, error)) from None
+        return filename
+    return relative_path(working_directory, filename, where, field)
+
+
+def check_resources(resources: Any, where: str) -> None:
+    """A task's own ``resources``: a mapping whose ``files`` (if any) maps names to shared files' URIs."""
+    if not isinstance(resources, dict):
+        raise ChainError("%s: field 'resources' must be an object like {\"files\": {name: URI}}, not %r"
+                         % (where, resources))
+    files = resources.get("files", {})
+    if not isinstance(files, dict):
+        raise ChainError("%s: field 'resources.files' must be an object {name: URI}, not %r" % (where, files))
+    for name, value in files.items():
+        try:
+            uris.check_file_spec(value)
+        except uris.UriError as error:
+            raise ChainError("%s: field 'resources.files.%s': %s" % (where, name, error)) from None
 
 
 #: the longest value the database columns hold (see database/schema.py)

@@ -11,8 +11,9 @@ import difflib
 import json
 from typing import Any, Iterable, Iterator
 
-from eas_controller import expressions
+from eas_controller import expressions, uris
 from eas_controller.chains.loops import loop_values
+from eas_controller.chains.paths import check_resources
 from eas_controller.chains.storable import check_values
 from eas_controller.chains.model import (
     CHAIN,
@@ -152,7 +153,27 @@ class Validator:
                 if expressions.uses_requested_metadata(files):
                     self.fail(path, "field '%s' cannot use requested_metadata: file names must be known at "
                               "submission to infer dependencies" % field)
+                self.uris(files, path, field)
+            self.resources(item.get("resources"), path)
             self.requested_usage(item, path, in_scope)
+
+    def uris(self, files: Any, path: str, field: str) -> None:
+        """URIs written as they are (not computed) in ``inputs`` / ``outputs``: checked here, so that one in a
+        branch that expands at run time is refused at submission too."""
+        if not isinstance(files, dict):
+            return
+        for semantic, value in files.items():
+            if uris.is_uri(value) and not expressions.is_expression(semantic):
+                try:
+                    uris.check(value, writing=field == "outputs")
+                except uris.UriError as error:
+                    self.fail(path, "field '%s.%s': %s" % (field, semantic, error))
+
+    def resources(self, resources: Any, path: str) -> None:
+        """A task's ``resources.files``, where written as they are: {name: URI of a shared file}."""
+        if resources is None or list(_expression_texts(resources)):
+            return  # computed: checked once evaluated
+        check_resources(resources, "%s: %s" % (self.source, path or "<chain>"))
 
     def metadata_sources(self, item: dict, path: str, sibling_positions: dict, position: int,
                          computed_names_before: bool = False) -> list[str]:

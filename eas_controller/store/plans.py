@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from eas_controller import states
+from eas_controller import states, uris
 from eas_controller.chains import ChainError, Plan
 from eas_controller.database.dialects import insert_rows_returning_ids
 from eas_controller.database.engine import chunks
@@ -64,12 +64,15 @@ def find_producers(connection: Connection, paths: Iterable[str], lock: bool = Tr
 
 
 def check_inputs(connection: Connection, plan: Plan, lock: bool = True) -> dict[str, tuple[int, bool]]:
-    """Producers in the database of the inputs no task of the plan makes; :class:`ChainError` if one has none."""
+    """Producers in the database of the inputs no task of the plan makes; :class:`ChainError` if one has none.
+
+    An input given as a URI that no task produces is data from outside (an object in S3, a web page): it has
+    no producer to wait for and is fetched when the task runs."""
     unresolved = {path for node in plan.nodes for path, _semantic in node.unresolved_inputs}
     producers = find_producers(connection, unresolved, lock) if unresolved else {}
     for node in plan.nodes:
         for path, semantic in node.unresolved_inputs:
-            if path not in producers:
+            if path not in producers and not uris.is_uri(path):
                 raise ChainError(
                     "%s: %s: field 'inputs.%s': no task produces file %r (not in this chain, nor in the database)"
                     % (plan.source, node.chain_path, semantic, path)
@@ -108,8 +111,9 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
         for producer, _path, _semantic in node.file_dependencies:
             required.setdefault(("node", producer.index), ("file", producer.index in reuse))
         for path, _semantic in node.unresolved_inputs:
-            task_id, ready = producers[path]
-            required.setdefault(("task", task_id), ("file", ready))
+            if path in producers:  # else a URI from outside
+                task_id, ready = producers[path]
+                required.setdefault(("task", task_id), ("file", ready))
         requirements[node.index] = required
 
     now = time.time()

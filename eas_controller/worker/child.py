@@ -165,7 +165,7 @@ def _run_task(request: dict, functions: dict) -> dict:
         else:
             _Scratch.work_dir, _Scratch.files = request["work_dir"], request["deferred_files"]
         context = _contexts[0](request["environment"], request["description"], request["inputs"], request["outputs"],
-                               request["metadata_in"])
+                               request["metadata_in"], request.get("resources"))
         _function(request["target"], functions)(context)
     except TaskFailure as failure:
         error = str(failure) or failure.__class__.__name__

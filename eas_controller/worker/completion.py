@@ -19,13 +19,14 @@ import time
 
 from sqlalchemy.engine import Connection
 
-from eas_controller import products, states
+from eas_controller import products, states, uris
 from eas_controller.retries import RetryPolicy
 from eas_controller.store import attempts as attempt_store
 from eas_controller.store import logs
 from eas_controller.store import metadata as metadata_store
 from eas_controller.store import products as product_store
 from eas_controller.store import tasks as task_store
+from eas_controller.worker import transfer
 from eas_controller.worker.execution import Outcome, PreparedAttempt, check_outputs, read_output_metadata
 
 LOST = "lost"
@@ -38,7 +39,9 @@ def inspect_outputs(prepared: PreparedAttempt, outcome: Outcome, check_products=
     or a product fails QC.
 
     Runs before the transaction (hashing large files must not hold database locks). ``check_products``
-    is ``PythonChild.check_products`` (QC runs in the child, never in the worker process).
+    is ``PythonChild.check_products`` (QC runs in the child, never in the worker process). Outputs given as
+    s3:// URIs are uploaded here, once everything passed, to temporary keys the transaction moves into place
+    (see :mod:`.transfer`); a failed upload fails the attempt and leaves nothing behind.
     """
     if not outcome.succeeded:
         return {}
@@ -66,9 +69,19 @@ def inspect_outputs(prepared: PreparedAttempt, outcome: Outcome, check_products=
         outcome.error_text = "product(s) failed QC: %s" % ", ".join(
             "%s (%s)" % (semantic, made[semantic].get("qc_message") or "rejected") for semantic in failed_qc)
         for semantic, facts in made.items():  # kept aside for inspection, never where readers look
-            relative = os.path.relpath(facts["path"], prepared.data_dir) if prepared.data_dir else os.path.basename(facts["path"])
+            if uris.is_uri(facts["path"]):
+                relative = uris.local_name(facts["path"])
+            else:
+                relative = os.path.relpath(facts["path"], prepared.data_dir) if prepared.data_dir else os.path.basename(facts["path"])
             facts.update(path=products.quarantine_path(prepared.data_dir, prepared.attempt_id, relative),
                          state="failed_qc" if facts["qc_state"] == "failed" else None)
+        return made
+    try:
+        transfer.stage_uploads(prepared, made)
+    except transfer.TransferError as error:
+        outcome.succeeded = False
+        outcome.error_text = str(error)
+        return {}
     return made
 
 
@@ -80,8 +93,14 @@ class Completion:
     outcome: Outcome
     made: dict
     release: bool = False
-    publication: products.Publication = dataclasses.field(default_factory=products.Publication)
+    publication: products.Publication = dataclasses.field(default_factory=transfer.Publication)
     started_at: float | None = None  # when the slot started it (a prefetched attempt starts after its claim)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.publication, transfer.Publication):
+            if isinstance(self.prepared.transfer, transfer.Transfer) and self.publication.transfer is None:
+                self.publication.transfer = self.prepared.transfer
+            self.publication.expect(self.made)  # uploads this completion publishes, or deletes
 
     @property
     def attempt_id(self) -> int:
@@ -137,7 +156,7 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
         succeeded = outcome.succeeded
         for facts in item.made.values():
             if succeeded:
-                publication.publish(facts["staged"], facts["path"])
+                publication.publish(facts.get("upload") or facts["staged"], facts["path"])
             else:
                 publication.quarantine(facts["staged"], facts["path"])
         product_store.record_versions(connection, task_id, attempt_id, item.made)

@@ -1,8 +1,10 @@
 """Running one attempt in a child process, per the implementation contract.
 
 The child receives ``EAS_TASK_ID``, ``EAS_ATTEMPT_ID``, ``EAS_TASK_DESCRIPTION``, ``EAS_INPUT_<TYPE>``,
-``EAS_OUTPUT_<TYPE>``, ``EAS_METADATA_IN``, ``EAS_METADATA_OUT``, ``EAS_WORK_DIR``, ``EAS_CPUS`` and, on a
-worker with GPUs, ``EAS_GPUS`` and ``CUDA_VISIBLE_DEVICES``. ``python:`` implementations run in a
+``EAS_OUTPUT_<TYPE>``, ``EAS_METADATA_IN``, ``EAS_METADATA_OUT``, ``EAS_WORK_DIR``, ``EAS_CPUS``,
+``EAS_RESOURCE_<NAME>`` for its shared files and, on a worker with GPUs, ``EAS_GPUS`` and
+``CUDA_VISIBLE_DEVICES``. Inputs, outputs and shared files given as URIs are local paths for the task too:
+:mod:`.transfer` fetches them before it starts and uploads its URI outputs after it succeeded. ``python:`` implementations run in a
 reusable child (see :mod:`.pool`); ``command:`` implementations are a fresh ``/bin/sh -c`` in their own
 process group. Success = exit status 0 and every declared output present. Output is read from pipes as
 it comes, so each log line carries the time it was printed. A timeout or a stop kills the whole process
@@ -22,7 +24,7 @@ import signal
 import subprocess
 import time
 
-from eas_controller import products
+from eas_controller import products, uris
 from eas_controller.registry import TaskType
 from eas_controller.worker.logs import LogBuffer, PipeLines, read_available
 
@@ -75,13 +77,17 @@ class PreparedAttempt:
     #: For a ``python:`` task whose folder is made on first use (see :func:`prepare`): {file path: its text}.
     #: None once the folder and files exist.
     deferred_files: dict | None = None
+    remote_inputs: dict = dataclasses.field(default_factory=dict)  # semantic type -> URI, fetched to inputs[...]
+    resource_files: dict = dataclasses.field(default_factory=dict)  # name -> shared file (URI[|gunzip])
+    resources: dict = dataclasses.field(default_factory=dict)  # name -> local path of the fetched shared file
+    transfer: object = None  # the worker's :class:`~eas_controller.worker.transfer.Transfer`, once fetched
 
     @property
     def attempt_id(self) -> int:
         return self.claim["attempt_id"]
 
 
-def _variable_name(prefix: str, semantic_type: str) -> str:
+def variable_name(prefix: str, semantic_type: str) -> str:
     cleaned = "".join(char if char.isalnum() else "_" for char in semantic_type.upper())
     return prefix + cleaned
 
@@ -118,18 +124,29 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
     """
     work_dir = os.path.join(data_dir, "scratch", "attempt_%d" % claim["attempt_id"])
     description = claim["description"]
-    deferred = task_type.kind == "python" and not description.get("outputs")
+    remote_inputs = {semantic: uri for semantic, uri in (description.get("inputs") or {}).items() if uris.is_uri(uri)}
+    deferred = task_type.kind == "python" and not description.get("outputs") and not remote_inputs
     if not deferred:
         make_work_dir(work_dir)
     directory = claim["working_directory"] or ""
     inputs, outputs, final_outputs = {}, {}, {}
     for semantic, filename in (description.get("inputs") or {}).items():
-        inputs[semantic] = products.product_path(data_dir, os.path.normpath(os.path.join(directory, filename)))
+        if semantic in remote_inputs:  # fetched here before the task starts
+            inputs[semantic] = os.path.join(work_dir, "inputs", semantic, uris.basename(filename))
+        else:
+            inputs[semantic] = products.product_path(data_dir, os.path.normpath(os.path.join(directory, filename)))
     for semantic, filename in (description.get("outputs") or {}).items():
-        relative = os.path.normpath(os.path.join(directory, filename))
+        if uris.is_uri(filename):  # written here, uploaded on success
+            relative, final_outputs[semantic] = uris.basename(filename), filename
+        else:
+            relative = os.path.normpath(os.path.join(directory, filename))
+            final_outputs[semantic] = products.product_path(data_dir, relative)
         outputs[semantic] = products.staging_path(work_dir, semantic, relative)
-        final_outputs[semantic] = products.product_path(data_dir, relative)
         os.makedirs(os.path.dirname(outputs[semantic]), exist_ok=True)
+    resource_files = dict(task_type.files)
+    own = description.get("resources")
+    if isinstance(own, dict) and isinstance(own.get("files"), dict):
+        resource_files.update(own["files"])  # the task's own entries win over its type's
     paths = {name: os.path.join(work_dir, name) for name in
              ("description.json", "metadata_in.json", "metadata_out.json")}
     files = {paths["description.json"]: json.dumps(description),
@@ -151,15 +168,15 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
         environment["EAS_GPUS"] = str(len(gpu_ids))
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     for semantic, path in inputs.items():
-        environment[_variable_name("EAS_INPUT_", semantic)] = path
+        environment[variable_name("EAS_INPUT_", semantic)] = path
     for semantic, path in outputs.items():
-        environment[_variable_name("EAS_OUTPUT_", semantic)] = path
+        environment[variable_name("EAS_OUTPUT_", semantic)] = path
     return PreparedAttempt(
         claim=claim, task_type=task_type, work_dir=work_dir, environment=environment, inputs=inputs, outputs=outputs,
         final_outputs=final_outputs, description_path=paths["description.json"],
         metadata_in_path=paths["metadata_in.json"], metadata_out_path=paths["metadata_out.json"],
         description=description, logs=logs if logs is not None else LogBuffer(), data_dir=data_dir,
-        deferred_files=files if deferred else None,
+        deferred_files=files if deferred else None, remote_inputs=remote_inputs, resource_files=resource_files,
     )
 
 
@@ -168,6 +185,7 @@ def render_command(template: str, prepared: PreparedAttempt) -> str:
     fields = dict(prepared.description)
     fields["inputs"] = prepared.inputs
     fields["outputs"] = prepared.outputs
+    fields["resources"] = prepared.resources
     fields.setdefault("task_id", prepared.claim["task_id"])
     fields.setdefault("attempt_id", prepared.claim["attempt_id"])
     try:

@@ -184,7 +184,7 @@ class PythonChild:
         request = dict(
             kind="run", target=prepared.task_type.target, environment=prepared.environment, work_dir=prepared.work_dir,
             description=prepared.description, inputs=prepared.inputs, outputs=prepared.outputs, metadata_in=metadata_in,
-            deferred_files=prepared.deferred_files,
+            deferred_files=prepared.deferred_files, resources=prepared.resources,
         )
         started = time.time()
         timeout = prepared.task_type.timeout_s

@@ -45,6 +45,7 @@ from eas_controller.worker.neighbours import bury_dead_neighbours
 from eas_controller.worker.recording import MAX_GROUP, RecordingMixin
 from eas_controller.worker.resources import Capacity, detect_gpus
 from eas_controller.worker.slots import SlotsMixin
+from eas_controller.worker.transfer import Transfer
 
 log = logging.getLogger("eas.worker")
 
@@ -97,6 +98,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         self.completions: queue_module.Queue = queue_module.Queue(maxsize=MAX_GROUP + self.concurrency)
         self.trash: queue_module.Queue = queue_module.Queue()  # scratch folders to remove, off the busy threads
         self.lease_seconds = settings.lease_seconds
+        self.transfer = Transfer.for_worker(settings, self.name)  # URIs: inputs, outputs, cached shared files
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_s, settings.max_lost_attempts)
         self.kill_running = threading.Event()  # stop running attempts (after the grace period)
         self.work: queue_module.Queue = queue_module.Queue()
@@ -240,6 +242,8 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         recorder.join()
         self.trash.put(None)
         self.cleaner.join()
+        if not self.keep_scratch:
+            self.transfer.close()  # the shared files this worker fetched
         self.heartbeat_stop.set()
         try:
             run_transaction(self.engine, lambda connection: worker_store.mark_stopped(connection, self.record["id"]),

@@ -9,7 +9,7 @@ import time
 import traceback
 
 from eas_controller import metrics, states
-from eas_controller.worker import completion
+from eas_controller.worker import completion, transfer
 from eas_controller.worker.attempt import RunningAttempt, first_line
 from eas_controller.worker.execution import Outcome, PreparedAttempt, prepare, run_command
 from eas_controller.worker.pool import PythonChild
@@ -47,11 +47,14 @@ class SlotsMixin:
         prepared = None
         try:
             prepared = prepare(claim, task_type, self.settings.data_dir, running.gpu_ids, logs)
+            transfer.fetch_for_attempt(prepared, self.transfer)
             if task_type.kind == "python":
                 metadata_in = {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
                 outcome = child.run(prepared, metadata_in, running)
             else:
                 outcome = run_command(prepared, self.nice, running)
+        except transfer.TransferError as error:  # an input or shared file could not be fetched: the reason, no traceback
+            outcome = Outcome(succeeded=False, error_text=str(error))
         except Exception:  # the worker could not start or watch the task: fail the attempt with the reason
             outcome = Outcome(succeeded=False, error_text="the worker could not run the task:\n" + traceback.format_exc())
         if running.lost:  # the heartbeat found it taken away and stopped it: nothing of this run is kept
