@@ -19,13 +19,15 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection
 
+from eas_controller.concurrency import Limit, LimitError, parse_limit
 from eas_controller.database.schema import task_types as task_types_table
 
 SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_types.yaml")
 
 CONTROL_TYPES = ("execution_chain", "execution_for_loop", "execution_conditional", "execution_do_while_loop")
 
-ALLOWED_KEYS = {"python", "command", "container", "resources", "max_attempts", "timeout_s", "qc", "description"}
+ALLOWED_KEYS = {"python", "command", "container", "resources", "max_attempts", "timeout_s", "qc", "description",
+                "concurrency_limit"}
 RESOURCE_KEYS = {"cpu", "gpu", "memory_gb"}
 
 
@@ -46,6 +48,12 @@ class TaskType:
     qc: str | None = None
     container: str | None = None
     source: str = ""
+    limit_key: str | None = None  # concurrency_limit.key: a constant or an expression; None: the type's name
+    limit_max: int | None = None  # concurrency_limit.max; None: no limit
+
+    @property
+    def concurrency_limit(self) -> Limit | None:
+        return Limit(self.limit_key, self.limit_max) if self.limit_max is not None else None
 
     def as_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -126,6 +134,12 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
     container = entry.get("container")
     if container is not None and not isinstance(container, str):
         raise RegistryError("%s: container must be a string (an image or deployment name)" % where)
+    limit = None
+    if entry.get("concurrency_limit") is not None:
+        try:
+            limit = parse_limit(entry["concurrency_limit"])
+        except LimitError as error:
+            raise RegistryError("%s: %s" % (where, error)) from None
     return TaskType(
         name=name,
         kind=kind,
@@ -138,6 +152,8 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
         qc=qc,
         container=container,
         source=source,
+        limit_key=limit.key if limit else None,
+        limit_max=limit.max if limit else None,
     )
 
 

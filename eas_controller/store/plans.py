@@ -19,6 +19,7 @@ from eas_controller.chains import ChainError, Plan
 from eas_controller.database.dialects import insert_rows_returning_ids
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import jobs, products, task_dependencies, tasks
+from eas_controller.store import limits as limit_store
 
 
 def find_producers(connection: Connection, paths: Iterable[str], lock: bool = True) -> dict[str, tuple[int, bool]]:
@@ -85,6 +86,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
         requirements[node.index] = required
 
     now = time.time()
+    limit_store.declare(connection, {node.limit_key: node.limit_max for node in nodes if node.limit_key is not None}, now)
     ids: dict[int, int] = {}
     depth: dict[int, int] = {}
     for node in nodes:  # parents always come before their children
@@ -118,6 +120,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
                     attempt_count=0,
                     max_attempts=max_attempts.get(node.task_type),
                     needs_evaluation=node.needs_evaluation,
+                    limit_key=node.limit_key,
                     created_at=now,
                     updated_at=now,
                 )
