@@ -68,6 +68,8 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
     """
     nodes = plan.nodes
     max_attempts = max_attempts or {}
+    # the keys' rows first: a claim locks a key's row before the task rows it starts, and so does this
+    limit_store.declare(connection, {node.limit_key: node.limit_max for node in nodes if node.limit_key is not None})
     producers = check_inputs(connection, plan)
 
     # Dependencies per node: (kind, Node or existing task id, satisfied); one row per distinct target.
@@ -86,7 +88,6 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
         requirements[node.index] = required
 
     now = time.time()
-    limit_store.declare(connection, {node.limit_key: node.limit_max for node in nodes if node.limit_key is not None}, now)
     ids: dict[int, int] = {}
     depth: dict[int, int] = {}
     for node in nodes:  # parents always come before their children
