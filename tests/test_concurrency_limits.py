@@ -24,6 +24,7 @@ from eas_controller.concurrency import LimitError, evaluate_key, parse_limit
 from eas_controller.database.engine import write_transaction
 from eas_controller.database.schema import attempts, concurrency_limits, tasks
 from eas_controller.registry import RegistryError, read_registries, read_registry_file, store_registry
+from eas_controller.store import limits as limit_store
 
 LIMITED_TYPES = """
 task_types:
@@ -138,6 +139,13 @@ def test_a_worker_killed_while_it_holds_a_slot_gives_it_back_once_stalled(cluste
     doomed.kill()  # SIGKILL while it holds both slots of the key
     doomed.wait()
     assert cluster.value("SELECT COUNT(*) FROM eas_attempts WHERE state = 'running'") == 2
+    with cluster.engine.begin() as connection:
+        assert limit_store.free_slots(connection, ["limited_sleep"]) == {"limited_sleep": 0}
+    # no worker runs now: the scheduler stalls the two attempts once their lease has expired
+    wait_for(lambda: cluster.value("SELECT COUNT(*) FROM eas_attempts WHERE state = 'stalled'") == 2, 60,
+             "the scheduler to stall the killed worker's attempts")
+    with cluster.engine.begin() as connection:
+        assert limit_store.free_slots(connection, ["limited_sleep"]) == {"limited_sleep": 2}
     cluster.worker("--concurrency", "4", "--cpus", "4", name="survivor")
     wait_for(cluster.worker_tasks_finished, 120, "every task to finish")
 
