@@ -236,7 +236,7 @@ def cancel_running(connection: Connection, attempt_ids: list[int], reason: str, 
 
 
 def set_carrier(connection: Connection, attempt_ids: list[int], carrier: str, only_from: str | None = None) -> int:
-    """Say which queue carries queued attempts (``sql``, ``amqp``, ``amqp-new``); ``only_from``: only those
+    """Say which queue carries queued attempts (``sql``, ``amqp``, ``amqp-new``, ``amqp-lim``); ``only_from``: only those
     carried by that one now. Attempts no longer queued are left alone. Returns how many were relabelled."""
     changed = 0
     for chunk in chunks(attempt_ids):
