@@ -138,11 +138,6 @@ def held_with_room(connection: Connection, carrier: str, limit: int = 1000) -> l
     return entries
 
 
-def count_held(connection: Connection, carrier: str) -> int:
-    return connection.execute(sa.select(sa.func.count()).select_from(attempts).where(
-        attempts.c.queue == carrier, attempts.c.state == states.A_QUEUED)).scalar()
-
-
 # -- reads for diagnostics ---------------------------------------------------------------------------------
 
 def limit_of(connection: Connection, key: str) -> int | None:
