@@ -73,7 +73,7 @@ def limited_intervals(engine, job_id: int, task_type: str, states=("succeeded",)
 
 
 @pytest.mark.parametrize("backend,queue", [("sqlite", "sql"), ("mysql", "sql"), ("postgresql", "sql"),
-                                           ("mysql", "amqp")])
+                                           ("mysql", "amqp"), ("postgresql", "amqp")])
 def test_four_workers_of_four_slots_never_run_more_than_two_of_a_limited_type(backend, queue, tmp_path):
     eas = make_environment(backend, tmp_path, queue=queue)
     try:
