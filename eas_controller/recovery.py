@@ -248,9 +248,9 @@ def requeue_lost(engine: Engine, queue: Queue, selection: Selection, min_age: fl
 
 
 def _labels(name: str) -> list[str]:
-    from eas_controller.queues.amqp import CARRIED, PENDING
+    from eas_controller.queues.amqp import CARRIED, HELD, PENDING
 
-    return [CARRIED, PENDING] if name == CARRIED else [name]
+    return [CARRIED, PENDING, HELD] if name == CARRIED else [name]
 
 
 # -- cancel_job.py --------------------------------------------------------------------------------------------

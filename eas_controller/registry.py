@@ -20,6 +20,7 @@ import yaml
 from sqlalchemy.engine import Connection
 
 from eas_controller import uris
+from eas_controller.concurrency import Limit, LimitError, parse_limit
 from eas_controller.database.schema import task_types as task_types_table
 
 SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_types.yaml")
@@ -27,7 +28,7 @@ SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tas
 CONTROL_TYPES = ("execution_chain", "execution_for_loop", "execution_conditional", "execution_do_while_loop")
 
 ALLOWED_KEYS = {"python", "command", "container", "resources", "max_attempts", "timeout_s", "qc", "description",
-                "version"}
+                "version", "concurrency_limit"}
 RESOURCE_KEYS = {"cpu", "gpu", "memory_gb", "files"}
 
 
@@ -51,10 +52,16 @@ class TaskType:
     version: str = "1"  # raise it when the implementation changes what it makes (submit.py --resume re-runs)
     #: shared files (``resources.files``): ((name, URI), ...) sorted by name; kept in the ``definition`` column
     files: tuple = ()
+    limit_key: str | None = None  # concurrency_limit.key: a constant or an expression; None: the type's name
+    limit_max: int | None = None  # concurrency_limit.max; None: no limit
 
     @property
     def resource_files(self) -> dict[str, str]:
         return dict(self.files)
+
+    @property
+    def concurrency_limit(self) -> Limit | None:
+        return Limit(self.limit_key, self.limit_max) if self.limit_max is not None else None
 
     def as_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -153,6 +160,12 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
     if isinstance(version, bool) or not isinstance(version, (str, int, float)) or not str(version).strip() \
             or len(str(version)) > 64:
         raise RegistryError("%s: version must be a string or number of 1 to 64 characters, not %r" % (where, version))
+    limit = None
+    if entry.get("concurrency_limit") is not None:
+        try:
+            limit = parse_limit(entry["concurrency_limit"])
+        except LimitError as error:
+            raise RegistryError("%s: %s" % (where, error)) from None
     return TaskType(
         version=str(version),
         name=name,
@@ -167,6 +180,8 @@ def parse_entry(name: Any, entry: Any, source: str, check_imports: bool = True) 
         container=container,
         source=source,
         files=tuple(sorted(files.items())),
+        limit_key=limit.key if limit else None,
+        limit_max=limit.max if limit else None,
     )
 
 

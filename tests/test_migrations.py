@@ -107,7 +107,7 @@ def test_a_version_1_database_is_upgraded_without_losing_a_row_and_runs_a_new_pi
     assert "init_schema.py" in refused.stderr, refused.stderr
 
     upgraded = blank.script("database_initialisation/init_schema.py", "--upgrade")
-    assert "upgraded schema version 1 to schema version %d (revisions 0002, 0003, 0004)" % schema.SCHEMA_VERSION \
+    assert "upgraded schema version 1 to schema version %d (revisions 0002, 0003, 0004, 0005)" % schema.SCHEMA_VERSION \
         in upgraded.stdout, upgraded.stdout
     assert manage.schema_version(engine) == schema.SCHEMA_VERSION
     assert migrate.current_revision(engine) == migrate.head()
@@ -148,7 +148,7 @@ def test_a_version_2_database_made_before_the_revisions_is_stamped_then_upgraded
     with blank.engine.begin() as connection:
         connection.execute(sa.text("DROP TABLE %s" % migrate.VERSION_TABLE))
     upgraded = blank.script("database_initialisation/init_schema.py", "--upgrade")
-    assert "upgraded schema version 2 to schema version %d (revisions 0003, 0004)" % schema.SCHEMA_VERSION \
+    assert "upgraded schema version 2 to schema version %d (revisions 0003, 0004, 0005)" % schema.SCHEMA_VERSION \
         in upgraded.stdout, upgraded.stdout
     assert "labels" in {column["name"] for column in sa.inspect(blank.engine).get_columns("eas_workers")}
 

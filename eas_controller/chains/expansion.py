@@ -14,6 +14,8 @@ import posixpath
 from typing import Any, Iterable, Iterator
 
 from eas_controller import expressions, uris
+from eas_controller.concurrency import FIELD as LIMIT_FIELD
+from eas_controller.concurrency import LimitError, check_key, evaluate_key, parse_limit
 from eas_controller.chains.loops import loop_values
 from eas_controller.chains.model import (
     CHAIN,
@@ -38,6 +40,7 @@ class Expander:
     """Walks task lists and creates :class:`Node` objects; one instance per submission or run-time expansion."""
 
     def __init__(self, known_types: Iterable[str], source: str):
+        self.limits = registry_limits(known_types)
         self.known_types = set(known_types) | set(CONTROL_TYPES)
         self.source = source
         self.nodes: list[Node] = []
@@ -185,6 +188,25 @@ class Expander:
             check_resources(description["resources"], where)
         for semantic, path in node.outputs.items():
             self.register_output(node, path, where, "outputs.%s" % semantic)
+        self.apply_limit(node, item, context, where)
+
+    def apply_limit(self, node: Node, item: dict, context: Context, where: str) -> None:
+        """The task's concurrency limit: its own ``concurrency_limit`` field, else its type's; the key is
+        evaluated now and stored with the task."""
+        try:
+            if LIMIT_FIELD in item:
+                declared = parse_limit(item[LIMIT_FIELD])
+                key = node.description[LIMIT_FIELD].get("key") if declared.key is not None else node.task_type
+                if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+                    raise LimitError("field '%s.key' must give a string, not %r" % (LIMIT_FIELD, key))
+                node.limit_key, node.limit_max = check_key(str(key)), declared.max
+            elif node.task_type in self.limits:
+                limit = self.limits[node.task_type]
+                node.limit_key = evaluate_key(limit, node.task_type, context.metadata, node.description)
+                node.limit_max = limit.max
+        except LimitError as error:
+            what = "" if LIMIT_FIELD in item else " (from the registry's task type %s)" % node.task_type
+            raise ChainError("%s: %s%s" % (where, error, what)) from None
 
     def register_output(self, node: Node, path: str, where: str, field: str) -> None:
         other = self.producers.get(path)
@@ -318,6 +340,14 @@ class Expander:
                 described.append("%s%s" % (node.chain_path or "<chain>", " (reads %s)" % ", ".join(why) if why else ""))
             raise ChainError("%s: dependency cycle: these tasks wait for each other: %s"
                              % (self.source, " -> ".join(described)))
+
+
+def registry_limits(known_types) -> dict:
+    """{task type: its Limit} when ``known_types`` is the registry ({name: TaskType}); names alone carry none."""
+    if not isinstance(known_types, dict):
+        return {}
+    return {name: kind.concurrency_limit for name, kind in known_types.items()
+            if getattr(kind, "concurrency_limit", None) is not None}
 
 
 def random_streams(context: Context, scope: str) -> expressions.RandomStreams | None:

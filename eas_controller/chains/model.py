@@ -30,7 +30,7 @@ DO_WHILE = "execution_do_while_loop"
 LATE_FIELDS = ("task_list", "else_task_list", "repeat_criterion")
 #: fields that must be known when the task is created (dependencies are inferred from them)
 EARLY_FIELDS = ("task", "name", "inputs", "outputs", "job_name", "working_directory", "priority",
-                "requires_metadata_from")
+                "requires_metadata_from", "concurrency_limit")
 CHAIN_KEYS = {"job_name", "working_directory", "task_list", "priority", "comment", "random_seed", "resume"}
 #: where a control task (or a leaf evaluated late) keeps the chain's random_seed for run-time evaluation
 RANDOM_SEED_FIELD = "eas_random_seed"
@@ -76,6 +76,8 @@ class Node:
     parent_task_id: int | None = None  # parent that already exists in the database
     expanded: bool = False  # control tasks: children created in this plan
     needs_evaluation: bool = False  # leaf fields wait for requested metadata
+    limit_key: str | None = None  # concurrency limit: the task's key and its maximum (None: no limit)
+    limit_max: int | None = None
     inputs: dict = dataclasses.field(default_factory=dict)  # semantic type -> relative path
     outputs: dict = dataclasses.field(default_factory=dict)
     children: list = dataclasses.field(default_factory=list)

@@ -26,8 +26,7 @@ from eas_controller.expressions import ExpressionError
 
 def expand_chain(chain: dict, source: str, known_types: Iterable[str], job_name: str | None = None) -> Plan:
     """Validate and expand a submitted chain into a :class:`Plan`; raises :class:`ChainError` on any problem."""
-    known_types = set(known_types)
-    validate_chain(chain, source, known_types)
+    validate_chain(chain, source, set(known_types))
     if job_name is not None and not job_name.strip():
         raise ChainError("%s: the job name must not be empty" % source)
     name = job_name or chain.get("job_name") or posixpath.splitext(posixpath.basename(source))[0] or "job"

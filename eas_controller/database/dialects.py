@@ -106,3 +106,20 @@ def insert_rows_returning_ids(connection: Connection, table: sa.Table, rows: lis
             ids.extend(row[0] for row in result)
         return ids
     return [connection.execute(table.insert().values(**row)).inserted_primary_key[0] for row in rows]
+
+
+def insert_ignoring_duplicates(connection: Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert ``rows``, skipping those whose primary key is already there (a concurrent writer added it)."""
+    if not rows:
+        return
+    name = family(connection)
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        statement = insert(table).on_conflict_do_nothing()
+    elif name == "mysql":
+        statement = table.insert().prefix_with("IGNORE")
+    else:
+        statement = table.insert().prefix_with("OR IGNORE")
+    for chunk in chunks(rows):
+        connection.execute(statement, chunk)

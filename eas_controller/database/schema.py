@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Long JSON documents: TEXT is only 64 KiB on MySQL.
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -50,6 +50,8 @@ task_types = Table(
     Column("timeout_s", Double),
     Column("qc", String(255)),
     Column("version", String(64), nullable=False, server_default="1"),  # the registry's version
+    Column("limit_key", Text),  # concurrency_limit.key: a constant or an expression (None: the type's name)
+    Column("limit_max", Integer),  # concurrency_limit.max (None: no limit)
     Column("definition", Text, nullable=False),  # the registry entry as JSON
     Column("source", String(1024), nullable=False),
     Column("updated_at", Double, nullable=False),
@@ -86,6 +88,7 @@ tasks = Table(
     Column("attempt_count", Integer, nullable=False, default=0),
     Column("max_attempts", Integer),
     Column("not_before", Double),  # retry backoff: not promoted before this time
+    Column("limit_key", String(255)),  # concurrency limit key, evaluated at creation (None: no limit)
     Column("error_text", Text),
     Column("type_version", String(64)),  # the task type's registry version when the task was created
     Column("fingerprint", String(64)),  # hash of type, type version and evaluated description (docs/resume.md)
@@ -95,6 +98,7 @@ tasks = Table(
     Index("ix_eas_tasks_state_priority", "state", "priority", "id"),
     Index("ix_eas_tasks_job", "job_id", "state"),
     Index("ix_eas_tasks_parent", "parent_id"),
+    Index("ix_eas_tasks_limit", "limit_key", "state"),  # the queued tasks of a concurrency limit key
 )
 
 task_dependencies = Table(
@@ -146,6 +150,7 @@ attempts = Table(
     Column("error_text", Text),
     Index("ix_eas_attempts_task", "task_id"),
     Index("ix_eas_attempts_state_lease", "state", "lease_expires_at"),
+    Index("ix_eas_attempts_queue_state", "queue", "state"),  # attempts held back by a full concurrency limit
 )
 
 sql_queue = Table(
@@ -156,8 +161,20 @@ sql_queue = Table(
     Column("task_type", String(128), nullable=False),
     Column("rank", Integer, nullable=False),  # -priority, so that an ascending index serves the claim order
     Column("enqueued_at", Double, nullable=False),
+    Column("limit_key", String(255)),  # the task's concurrency limit key: claims skip keys that are full
     Index("ix_eas_sql_queue_claim", "task_type", "rank", "id"),
     Index("ix_eas_sql_queue_order", "rank", "id"),  # workers that run every type
+)
+
+# One row per concurrency limit key. A claim locks the rows of the keys it would start (FOR UPDATE; SQLite's
+# write lock serialises claims anyway) and counts the key's running attempts: the count, not a counter, says
+# how many slots are taken, so an attempt frees its slot in whatever transaction moves it out of running.
+concurrency_limits = Table(
+    "eas_concurrency_limits",
+    metadata_obj,
+    Column("key", String(255), primary_key=True),
+    Column("max_running", Integer, nullable=False),  # as the latest task created with this key declared it
+    Column("updated_at", Double, nullable=False),
 )
 
 workers = Table(

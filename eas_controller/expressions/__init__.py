@@ -42,6 +42,7 @@ from eas_controller.expressions.access import math_namespace
 from eas_controller.expressions.errors import ExpressionError
 from eas_controller.expressions.evaluation import (
     DEFAULT_SKIPPED_FIELDS,
+    check_syntax,
     evaluate,
     evaluate_fields,
     evaluate_value,
@@ -61,6 +62,6 @@ from eas_controller.expressions.randomness import RandomStreams
 
 __all__ = [
     "DEFAULT_SKIPPED_FIELDS", "MAX_EXPRESSION_LENGTH", "MAX_FORMAT_WIDTH", "MAX_INT_BITS", "MAX_RANGE_LENGTH",
-    "MAX_ROUND_DIGITS", "MAX_STRING_LENGTH", "MAX_VALUE_SIZE", "ExpressionError", "RandomStreams", "evaluate",
+    "MAX_ROUND_DIGITS", "MAX_STRING_LENGTH", "MAX_VALUE_SIZE", "ExpressionError", "RandomStreams", "check_syntax", "evaluate",
     "evaluate_fields", "evaluate_value", "is_expression", "math_namespace", "uses_requested_metadata",
 ]

@@ -53,6 +53,14 @@ def evaluate(text, metadata=None, requested_metadata=None, random=None):
     raise ExpressionError(text, reason)
 
 
+def check_syntax(text):
+    """Parse expression text without evaluating it; raise ExpressionError if it cannot be parsed."""
+    try:
+        parse(text)
+    except Refused as error:
+        raise ExpressionError(text, str(error)) from None
+
+
 def _evaluate_expression(text, metadata, requested_metadata, path, streams):
     try:
         generator = streams.for_scope(path or "") if _uses_random(text) else None

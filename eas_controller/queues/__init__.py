@@ -2,7 +2,8 @@
 
 The database stays the truth with both: an attempt's state is always in SQL; a queue only carries the
 news that an attempt is waiting to be claimed. ``eas_attempts.queue`` records which queue carries each
-attempt (``sql``, ``amqp``, or ``amqp-new`` while RabbitMQ has not yet confirmed its message).
+attempt (``sql``, ``amqp``, ``amqp-new`` while RabbitMQ has not yet confirmed its message, or ``amqp-lim``
+while it is held back in SQL because its concurrency limit was full).
 """
 
 from eas_controller.queues.base import Queue

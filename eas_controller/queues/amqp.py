@@ -13,6 +13,12 @@
 - After each claim the worker cancels its consumers (they start again, with the new number of free
   slots, at its next claim), so a busy worker holds no messages that an idle one could run; a keepalive
   thread answers the broker's heartbeats while it is busy.
+- Concurrency limits: a delivered attempt whose key has no free slot (counted under the key's lock in the
+  claim transaction, :mod:`eas_controller.store.limits`) is not started. The claim marks it ``queue =
+  'amqp-lim'`` (still queued in SQL) and acks its message, so no worker meets it again; each scheduler pass
+  (:meth:`AmqpQueue.repair`) publishes again as many held attempts of a key as the key has free slots not
+  promised to messages in flight. Nothing is requeued to the broker and redelivered in a loop, and a
+  held attempt does not sit unacked in a worker past RabbitMQ's consumer timeout.
 - A lost broker connection is retried with backoff; the worker and the scheduler keep running.
 
 Fault-injection hook (tests only): with ``EAS_TEST_CRASH_AFTER_DELIVERY=1`` in its environment, a worker
@@ -39,6 +45,7 @@ from eas_controller.queues.base import Queue
 from eas_controller.registry import type_names
 from eas_controller.queues.broker import Broker, BrokerError, Delivery, connection_errors, describe, exclusive, parse_attempt_id
 from eas_controller.store import attempts as attempt_store
+from eas_controller.store import limits as limit_store
 
 log = logging.getLogger("eas.queue.amqp")
 logging.getLogger("pika").setLevel(logging.CRITICAL)  # what matters is logged here, once and briefly
@@ -46,6 +53,8 @@ logging.getLogger("pika").setLevel(logging.CRITICAL)  # what matters is logged h
 #: ``eas_attempts.queue`` of an attempt whose message the broker has confirmed / not yet confirmed.
 CARRIED = "amqp"
 PENDING = "amqp-new"
+#: ``eas_attempts.queue`` of a queued attempt held back in SQL because its concurrency limit was full.
+HELD = "amqp-lim"
 
 CRASH_HOOK = "EAS_TEST_CRASH_AFTER_DELIVERY"
 
@@ -53,7 +62,7 @@ _RETRY_MAX_S = 30.0
 _REPAIR_EVERY_S = 30.0
 _REPAIR_GRACE_S = 10.0
 
-__all__ = ["AmqpQueue", "BrokerError", "CARRIED", "PENDING", "connection_errors", "describe"]
+__all__ = ["AmqpQueue", "BrokerError", "CARRIED", "HELD", "PENDING", "connection_errors", "describe"]
 
 
 class AmqpQueue(Queue):
@@ -131,10 +140,13 @@ class AmqpQueue(Queue):
         """Publish attempts queued in SQL whose message the broker never confirmed (checked every 30 s, and
         soon after a failed publish). Returns how many were published."""
         now = time.time()
-        if now < self._retry_at or now < self._next_repair:
+        if now < self._retry_at:
             return 0
+        released = self.release_held()
+        if now < self._next_repair:
+            return released
         self._next_repair = now + _REPAIR_EVERY_S
-        total = 0
+        total = released
         while True:
             with read_transaction(self.engine) as connection:
                 rows = unconfirmed_attempts(connection, time.time() - self.repair_grace)
@@ -148,6 +160,19 @@ class AmqpQueue(Queue):
             log.info("published %d attempt(s) whose message RabbitMQ had not confirmed", total)
         return total
 
+    @exclusive
+    def release_held(self) -> int:
+        """Publish again the held attempts whose concurrency limit has a free slot now. Returns how many."""
+        with read_transaction(self.engine) as connection:
+            entries = limit_store.held_with_room(connection, HELD)
+        if not entries:
+            return 0
+        ids = [entry["attempt_id"] for entry in entries]
+        run_transaction(self.engine, lambda connection: attempt_store.set_carrier(connection, ids, PENDING, only_from=HELD))
+        published = self.publish(entries)
+        log.info("published %d attempt(s) held back by their concurrency limit", published)
+        return published
+
     # -- consuming side (workers) ----------------------------------------------------------------------
     def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float) -> list[dict]:
         if limit < 1:
@@ -160,8 +185,19 @@ class AmqpQueue(Queue):
         if not taken:
             return []
         ids = [delivery.attempt_id for delivery in taken if delivery.attempt_id is not None]
-        claimed = run_transaction(
-            self.engine, lambda connection: attempt_store.start(connection, ids, worker, lease_seconds), attempts=0)
+        held: list[int] = []
+
+        def body(connection: Connection) -> list[dict]:
+            held.clear()
+            keys = limit_store.keys_of_attempts(connection, ids)
+            admitted = ids
+            if keys:  # exact under the keys' locks; the rest waits in SQL until the scheduler publishes it again
+                admitted, refused = limit_store.admit(connection, [(attempt_id, keys.get(attempt_id)) for attempt_id in ids])
+                attempt_store.set_carrier(connection, refused, HELD)
+                held.extend(refused)
+            return attempt_store.start(connection, admitted, worker, lease_seconds)
+
+        claimed = run_transaction(self.engine, body, attempts=0)
         with self.broker.lock:
             try:
                 # free slots changed: stop consuming (before acking, or the ack would make room for another
@@ -172,7 +208,9 @@ class AmqpQueue(Queue):
                 self.broker.connection.process_data_events(0)  # send the acks now
             except connection_errors() as error:
                 self._lost_connection(error)
-        got = {claim["attempt_id"] for claim in claimed}
+        got = {claim["attempt_id"] for claim in claimed} | set(held)
+        if held:
+            log.info("held back %d attempt(s) whose concurrency limit is full: %s", len(held), held[:20])
         dropped = [delivery.attempt_id for delivery in taken if delivery.attempt_id not in got]
         if dropped:
             log.info("dropped %d message(s) whose attempt is no longer queued: %s", len(dropped), dropped[:20])

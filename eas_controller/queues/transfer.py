@@ -13,7 +13,7 @@ import logging
 from sqlalchemy.engine import Connection, Engine
 
 from eas_controller.database.engine import read_transaction, run_transaction
-from eas_controller.queues.amqp import CARRIED, PENDING, AmqpQueue
+from eas_controller.queues.amqp import CARRIED, HELD, PENDING, AmqpQueue
 from eas_controller.queues.broker import BrokerError, connection_errors, describe
 from eas_controller.queues.sql import SqlQueue
 from eas_controller.registry import type_names
@@ -46,7 +46,7 @@ def to_sql(engine: Engine, sql: SqlQueue, amqp: AmqpQueue | None) -> dict:
     channel, deliveries, broker_note = None, [], None
     with read_transaction(engine) as connection:
         names = type_names(connection)
-        carried = attempt_store.queued_entries(connection, [CARRIED, PENDING], limit=1)
+        carried = attempt_store.queued_entries(connection, [CARRIED, PENDING, HELD], limit=1)
     if amqp is not None and carried:  # with nothing queued on RabbitMQ, leave the broker alone
         try:
             channel, deliveries = amqp.broker.drain(names)
@@ -55,7 +55,7 @@ def to_sql(engine: Engine, sql: SqlQueue, amqp: AmqpQueue | None) -> dict:
                            "because their attempts are no longer queued there" % describe(error))
 
     def body(connection: Connection) -> list[dict]:
-        entries = attempt_store.queued_entries(connection, [CARRIED, PENDING])
+        entries = attempt_store.queued_entries(connection, [CARRIED, PENDING, HELD])
         ids = [entry["attempt_id"] for entry in entries]
         present = queue_store.present(connection, ids)
         attempt_store.set_carrier(connection, ids, sql.name)
@@ -89,7 +89,9 @@ def adopt_restored(engine: Engine, queue) -> dict:
     with read_transaction(engine) as connection:
         queued = attempt_store.count_queued(connection)
     if queue.name == CARRIED:
-        run_transaction(engine, lambda connection: attempt_store.relabel_queued(connection, CARRIED, PENDING))
+        for carrier in (CARRIED, HELD):  # held ones are published too: a claim holds them back again if need be
+            run_transaction(engine, lambda connection, carrier=carrier: attempt_store.relabel_queued(
+                connection, carrier, PENDING))
         report = to_amqp(engine, queue)
         return dict(queued=queued, handed=report["moved"], unconfirmed=report["unconfirmed"])
     moved = to_sql(engine, queue, None)

@@ -168,7 +168,7 @@ class Scheduler:
                 raise ChainError("job %s (task %d): %s: requires_metadata_from_child names %s, which the loop body "
                                  "does not contain" % (row["job_name"], task_id, row["chain_path"], missing))
         requested = requested_metadata_in_scope(connection, task_id) if row["expansions"] == 0 or child_requested is not None else {}
-        plan, finished = expand_control_task(row, self.registry(connection).keys(), requested, child_requested)
+        plan, finished = expand_control_task(row, self.registry(connection), requested, child_requested)
         now = time.time()
         children = [node for node in plan.nodes if node.parent is None]
         if children:

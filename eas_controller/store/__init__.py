@@ -11,7 +11,10 @@ clause, and reports the rows it did not move (:class:`~eas_controller.store.move
 - :mod:`.attempts`: ``create``, ``start`` (the claim), ``renew_leases``, ``expired``, ``stall``,
   ``lock_for_completion``, ``finish``, ``release``, ``cancel_queued``, ``cancel_running``, ``set_carrier``
 - :mod:`.readiness`: ``release_dependants``, ``count_down``, ``count_control_progress``
-- :mod:`.sql_queue`: ``insert``, ``take``, ``remove``, ``take_all``, and the rows a resync adds or drops
+- :mod:`.sql_queue`: ``insert``, ``take`` (skips rows of a full concurrency limit key), ``remove``, ``take_all``,
+  and the rows a resync adds or drops
+- :mod:`.limits`: concurrency limits by key: ``declare`` (a key's row), ``free_slots`` / ``admit`` (in the
+  claim: the keys' rows locked, their running attempts counted), ``held_with_room`` (AMQP attempts held back)
 - :mod:`.workers`: ``register``, ``heartbeat``, ``mark_stopped``
 - :mod:`.plans`: ``write_plan`` (tasks, dependencies and planned products of a submission or an expansion)
 - :mod:`.reuse`: what earlier runs of a job left, and ``take_over`` (a resumed task finished with them)

@@ -48,7 +48,8 @@ def create(connection: Connection, task_rows: list, queue_name: str, now: float 
              queue=queue_name, queued_at=now)
         for row in task_rows
     ])
-    return [dict(attempt_id=attempt_id, task_id=row.id, task_type=row.task_type, priority=row.priority)
+    return [dict(attempt_id=attempt_id, task_id=row.id, task_type=row.task_type, priority=row.priority,
+                 limit_key=getattr(row, "limit_key", None))
             for attempt_id, row in zip(attempt_ids, task_rows)]
 
 
@@ -235,7 +236,7 @@ def cancel_running(connection: Connection, attempt_ids: list[int], reason: str, 
 
 
 def set_carrier(connection: Connection, attempt_ids: list[int], carrier: str, only_from: str | None = None) -> int:
-    """Say which queue carries queued attempts (``sql``, ``amqp``, ``amqp-new``); ``only_from``: only those
+    """Say which queue carries queued attempts (``sql``, ``amqp``, ``amqp-new``, ``amqp-lim``); ``only_from``: only those
     carried by that one now. Attempts no longer queued are left alone. Returns how many were relabelled."""
     changed = 0
     for chunk in chunks(attempt_ids):
@@ -268,7 +269,7 @@ def state_of(connection: Connection, attempt_id: int) -> str | None:
 def queued_entries(connection: Connection, carriers: list[str], condition=None, task_types=None,
                    queued_before: float | None = None, limit: int | None = None) -> list[dict]:
     """Queue entries (attempt_id, task_id, task_type, priority) of queued attempts carried by ``carriers``."""
-    query = (sa.select(attempts.c.id, attempts.c.task_id, attempts.c.task_type, tasks.c.priority)
+    query = (sa.select(attempts.c.id, attempts.c.task_id, attempts.c.task_type, tasks.c.priority, tasks.c.limit_key)
              .join(tasks, tasks.c.id == attempts.c.task_id)
              .where(attempts.c.state == states.A_QUEUED, attempts.c.queue.in_(carriers)).order_by(attempts.c.id))
     if condition is not None and condition is not True:
@@ -279,8 +280,8 @@ def queued_entries(connection: Connection, carriers: list[str], condition=None, 
         query = query.where(attempts.c.queued_at <= queued_before)
     if limit is not None:
         query = query.limit(limit)
-    return [dict(attempt_id=row.id, task_id=row.task_id, task_type=row.task_type, priority=row.priority)
-            for row in connection.execute(query)]
+    return [dict(attempt_id=row.id, task_id=row.task_id, task_type=row.task_type, priority=row.priority,
+                 limit_key=row.limit_key) for row in connection.execute(query)]
 
 
 def count_expired(connection: Connection) -> int:

@@ -20,6 +20,7 @@ from eas_controller.chains import ChainError, Plan
 from eas_controller.database.dialects import insert_rows_returning_ids
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import jobs, products, task_dependencies, task_types, tasks
+from eas_controller.store import limits as limit_store
 
 #: description fields that do not change what a task makes: left out of its fingerprint
 NOT_FINGERPRINTED = ("comment", "priority")
@@ -98,6 +99,8 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
     max_attempts = max_attempts or {}
     reuse = reuse or {}
     versions = type_versions(connection)
+    # the keys' rows first: a claim locks a key's row before the task rows it starts, and so does this
+    limit_store.declare(connection, {node.limit_key: node.limit_max for node in nodes if node.limit_key is not None})
     producers = check_inputs(connection, plan)
 
     # Dependencies per node: (kind, Node or existing task id, satisfied); one row per distinct target.
@@ -155,6 +158,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
                     type_version=version,
                     fingerprint=None if node.is_control else fingerprint(node.task_type, version, node.description),
                     reused_from_attempt_id=earlier.attempt_id if earlier is not None else None,
+                    limit_key=node.limit_key,
                     created_at=now,
                     updated_at=now,
                 )

@@ -14,6 +14,10 @@ from sqlalchemy.engine import Connection
 from eas_controller import states
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import attempts, sql_queue, tasks
+from eas_controller.store import limits as limit_store
+
+#: A claim whose rows turn out to be of full keys looks again past them, at most this many times.
+LIMIT_ROUNDS = 3
 
 
 def insert(connection: Connection, entries: list[dict]) -> None:
@@ -22,20 +26,51 @@ def insert(connection: Connection, entries: list[dict]) -> None:
         return
     now = time.time()
     connection.execute(sql_queue.insert(), [
-        dict(attempt_id=e["attempt_id"], task_type=e["task_type"], rank=-int(e.get("priority", 0)), enqueued_at=now)
+        dict(attempt_id=e["attempt_id"], task_type=e["task_type"], rank=-int(e.get("priority", 0)), enqueued_at=now,
+             limit_key=e.get("limit_key"))
         for e in entries])
 
 
 def take(connection: Connection, task_types: list[str] | None, limit: int) -> list[int]:
     """Lock up to ``limit`` rows (any type, or of ``task_types``) in (rank, id) order, skipping rows other
-    claims hold, and delete them. Returns their attempt ids."""
-    if task_types is None:
-        rows = connection.execute(_NEXT_ANY, dict(limit=limit)).all()
-    else:
-        rows = connection.execute(_NEXT_OF_TYPES, dict(types=task_types, limit=limit)).all()
-    if rows:
-        connection.execute(_TAKE, dict(ids=[row.id for row in rows]))
-    return [row.attempt_id for row in rows]
+    claims hold, and delete them. Returns their attempt ids.
+
+    Rows with a concurrency limit key are taken only while the key has a free slot (the keys' rows are
+    locked and their running attempts counted, :func:`limits.free_slots`); the others stay queued, and the
+    claim looks past their keys for other work (up to :data:`LIMIT_ROUNDS` times)."""
+    taken: list = []
+    full: set[str] = set()  # keys found without a free slot: the next round looks past their rows
+    free: dict[str, int] = {}
+    for _round in range(LIMIT_ROUNDS):
+        want = limit - len(taken)
+        rows = _candidates(connection, task_types, want, full)
+        keys = {row.limit_key for row in rows if row.limit_key is not None} - set(free)
+        if keys:
+            free.update(limit_store.free_slots(connection, keys))
+        refused, fitted = 0, []
+        for row in rows:
+            if row.limit_key is None:
+                fitted.append(row)
+            elif free[row.limit_key] > 0:
+                free[row.limit_key] -= 1
+                fitted.append(row)
+            else:
+                full.add(row.limit_key)
+                refused += 1
+        if fitted:  # deleted now, so that the next round (which sees this claim's own locks) cannot see them
+            connection.execute(_TAKE, dict(ids=[row.id for row in fitted]))
+            taken.extend(fitted)
+        if not refused or len(rows) < want:  # everything fitted, or nothing more is queued past them
+            break
+    return [row.attempt_id for row in taken]
+
+
+def _candidates(connection: Connection, task_types: list[str] | None, limit: int, full: set[str]) -> list:
+    query = _NEXT_ANY if task_types is None else _NEXT_OF_TYPES
+    params = dict(limit=limit) if task_types is None else dict(types=task_types, limit=limit)
+    if full:
+        query = query.where(sa.or_(sql_queue.c.limit_key.is_(None), sql_queue.c.limit_key.notin_(sorted(full))))
+    return connection.execute(query, params).all()
 
 
 def remove(connection: Connection, attempt_ids: list[int]) -> None:
@@ -80,7 +115,7 @@ def delete_rows(connection: Connection, row_ids: list[int]) -> None:
 
 def missing_entries(connection: Connection, task_types: list[str], carrier: str, condition, queued_before: float) -> list[dict]:
     """Queued attempts carried by the SQL queue that have no row (after a restore or a hand edit)."""
-    query = (sa.select(attempts.c.id, attempts.c.task_id, attempts.c.task_type, tasks.c.priority)
+    query = (sa.select(attempts.c.id, attempts.c.task_id, attempts.c.task_type, tasks.c.priority, tasks.c.limit_key)
              .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id)
                           .outerjoin(sql_queue, sql_queue.c.attempt_id == attempts.c.id))
              .where(attempts.c.state == states.A_QUEUED, attempts.c.queue == carrier,
@@ -89,8 +124,8 @@ def missing_entries(connection: Connection, task_types: list[str], carrier: str,
              .order_by(attempts.c.id))
     if condition is not True:
         query = query.where(condition)
-    return [dict(attempt_id=row.id, task_id=row.task_id, task_type=row.task_type, priority=row.priority)
-            for row in connection.execute(query)]
+    return [dict(attempt_id=row.id, task_id=row.task_id, task_type=row.task_type, priority=row.priority,
+                 limit_key=row.limit_key) for row in connection.execute(query)]
 
 
 def total(connection: Connection, task_types: list[str]) -> int:
@@ -100,11 +135,12 @@ def total(connection: Connection, task_types: list[str]) -> int:
 
 # The claim's statements, built once: a worker runs them for every batch it takes.
 _NEXT_ANY = (
-    sa.select(sql_queue.c.id, sql_queue.c.attempt_id).order_by(sql_queue.c.rank, sql_queue.c.id)
+    sa.select(sql_queue.c.id, sql_queue.c.attempt_id, sql_queue.c.limit_key).order_by(sql_queue.c.rank, sql_queue.c.id)
     .limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True)).with_for_update(skip_locked=True)
 )
 _NEXT_OF_TYPES = (
-    sa.select(sql_queue.c.id, sql_queue.c.attempt_id).where(sql_queue.c.task_type.in_(sa.bindparam("types", expanding=True)))
+    sa.select(sql_queue.c.id, sql_queue.c.attempt_id, sql_queue.c.limit_key)
+    .where(sql_queue.c.task_type.in_(sa.bindparam("types", expanding=True)))
     .order_by(sql_queue.c.rank, sql_queue.c.id)
     .limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True)).with_for_update(skip_locked=True)
 )

@@ -44,7 +44,7 @@ def lock_ready(connection: Connection, now: float, limit: int) -> list:
     (two schedulers never take the same one)."""
     return connection.execute(
         sa.select(tasks.c.id, tasks.c.task_type, tasks.c.is_control, tasks.c.attempt_count, tasks.c.priority,
-                  tasks.c.needs_evaluation, tasks.c.not_before)
+                  tasks.c.needs_evaluation, tasks.c.not_before, tasks.c.limit_key)
         .where(tasks.c.state == states.READY, sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now))
         .order_by(tasks.c.priority.desc(), tasks.c.id).limit(limit).with_for_update(skip_locked=True)
     ).all()
@@ -69,7 +69,7 @@ def ready_plain_tasks(connection: Connection, task_ids: list[int]) -> list:
     rows = []
     for chunk in chunks(task_ids):
         rows.extend(connection.execute(
-            sa.select(tasks.c.id, tasks.c.task_type, tasks.c.attempt_count, tasks.c.priority)
+            sa.select(tasks.c.id, tasks.c.task_type, tasks.c.attempt_count, tasks.c.priority, tasks.c.limit_key)
             .where(tasks.c.id.in_(chunk), tasks.c.state == states.READY, tasks.c.is_control.is_(False),
                    tasks.c.needs_evaluation.is_(False), tasks.c.not_before.is_(None))
             .order_by(tasks.c.priority.desc(), tasks.c.id)

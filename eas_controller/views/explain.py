@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from eas_controller import states
 from eas_controller.database.schema import attempts, products, task_dependencies, task_types, tasks
+from eas_controller.store import limits as limit_store
 from eas_controller.views import NotFound
 from eas_controller.views.output import rounded, when
 from eas_controller.views.workers import live_workers
@@ -36,7 +37,7 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
     label = "task %d (%s%s)" % (task.id, task.task_type, " %r" % task.name if task.name else "")
     tries = _attempts(connection, task_id)
     # the limit in force now; a task that used more attempts ran under a higher one (the setting changed)
-    limit = max(task.max_attempts or default_max_attempts, task.attempt_count if task.state == states.FAILED else 0)
+    max_attempts = max(task.max_attempts or default_max_attempts, task.attempt_count if task.state == states.FAILED else 0)
     reasons: list[dict] = []
 
     def say(code: str, text: str, **facts) -> None:
@@ -57,8 +58,8 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
             last["number"], last["worker"], last["wall_s"] or 0) if last and last["state"] == states.A_SUCCEEDED else ""))
     elif state == states.FAILED:
         say("failed_final", "%s failed after its last attempt (%d of at most %d): %s" % (
-            label, task.attempt_count, limit, _first_line(task.error_text) or "no error recorded"),
-            attempts_used=task.attempt_count, max_attempts=limit)
+            label, task.attempt_count, max_attempts, _first_line(task.error_text) or "no error recorded"),
+            attempts_used=task.attempt_count, max_attempts=max_attempts)
         say("hint", "reschedule_all_unfinished_jobs.py --job-name %s runs it again." % task.job_name)
     elif state == states.CANCELLED:
         say("cancelled", "%s was cancelled (cancel_job.py); it will not run unless rescheduled." % label)
@@ -71,7 +72,7 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
             say("retry_backoff", "%s is in retry backoff after attempt %d failed (%s); the scheduler queues it again "
                 "at %s UTC, in %.0f s (attempt %d of at most %d)." % (
                     label, task.attempt_count, _first_line(task.error_text) or "no error recorded",
-                    when(task.not_before), task.not_before - now, task.attempt_count + 1, limit),
+                    when(task.not_before), task.not_before - now, task.attempt_count + 1, max_attempts),
                 not_before=task.not_before, seconds_left=round(task.not_before - now, 1))
         elif task.needs_evaluation:
             say("needs_evaluation", "%s is ready; its fields are evaluated from the metadata it requested when the "
@@ -79,6 +80,11 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
         else:
             say("ready", "%s is ready: the next scheduler pass queues it (is schedule_all_waiting_tasks.py or the "
                 "scheduler daemon running?)." % label)
+    limit = _concurrency_limit(connection, task)
+    if limit is not None and state in (states.READY, states.QUEUED) and limit["running"] >= limit["max"]:
+        say("waiting_concurrency_limit", "%s waits for concurrency limit %s: %d of %d running (attempt%s %s)." % (
+            label, limit["key"], limit["running"], limit["max"], "" if len(limit["running_attempts"]) == 1 else "s",
+            ", ".join(map(str, limit["running_attempts"]))), **limit)
     if state in (states.READY, states.QUEUED, states.HELD) and not task.is_control:
         _explain_workers(connection, task, label, say, now)
     if state == states.QUEUED:
@@ -106,8 +112,8 @@ def explain_task(connection: Connection, task_id: int, default_max_attempts: int
                 attempt=attempt["number"])
     return dict(task_id=task.id, job_id=task.job_id, job_name=task.job_name, task_name=task.name,
                 task_type=task.task_type, state=state, is_control=bool(task.is_control),
-                attempt_count=task.attempt_count, max_attempts=limit, not_before=task.not_before,
-                error=task.error_text, dependencies=waits, attempts=tries,
+                attempt_count=task.attempt_count, max_attempts=max_attempts, not_before=task.not_before,
+                error=task.error_text, dependencies=waits, attempts=tries, concurrency_limit=limit,
                 reasons=reasons, codes=[reason["code"] for reason in reasons])
 
 
@@ -166,6 +172,16 @@ def _explain_workers(connection: Connection, task, label: str, say, now: float) 
     free = sum(w["free_slots"] for w in fitting)
     say("workers_fit", "%d live worker(s) run %s and have room for it (needs %s); %d slot(s) free now." % (
         len(fitting), task.task_type, need_text, free), workers=[w["name"] for w in fitting], free_slots=free)
+
+
+def _concurrency_limit(connection: Connection, task) -> dict | None:
+    """The task's concurrency limit now: key, max, running (count) and running_attempts (ids); None if it has none."""
+    if task.limit_key is None:
+        return None
+    running = limit_store.running_attempts_of(connection, task.limit_key)
+    maximum = limit_store.limit_of(connection, task.limit_key)
+    return dict(key=task.limit_key, max=maximum if maximum is not None else 0, running=len(running),
+                running_attempts=running[:100])
 
 
 def _dependencies(connection: Connection, task) -> list[dict]:
