@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -141,6 +142,26 @@ def connect(settings: Settings, check_schema: bool = True):
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+
+
+@contextlib.contextmanager
+def one_line_errors(*kinds: type[BaseException]):
+    """Errors of these kinds, raised inside the block, end the command as one line (a :class:`CommandError`)."""
+    try:
+        yield
+    except kinds as error:
+        raise CommandError(str(error)) from None
+
+
+def command(build_parser: Callable[[], argparse.ArgumentParser], action: Callable[[argparse.Namespace], int | None]):
+    """A command's ``main(argv)``: parse ``argv`` with ``build_parser()``, then :func:`run` ``action(args)``."""
+
+    def main(argv: list[str]) -> int:
+        args = build_parser().parse_args(argv)
+        return run(lambda: action(args))
+
+    main.__doc__ = action.__doc__
+    return main
 
 
 def run(main: Callable[[], int | None]) -> int:

@@ -23,11 +23,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: cancel(args))
-
-
 def cancel(args) -> int:
     from eas_controller import recovery
     from eas_controller.queues import make_queue
@@ -46,3 +41,6 @@ def cancel(args) -> int:
           "attempt(s) told to stop" % (prefix, report["tasks"], selection.describe(), report["queued_removed"],
                                        report["running_stopped"]))
     return 0
+
+
+main = cli.command(build_parser, cancel)

@@ -23,11 +23,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: restore(args))
-
-
 def restore(args) -> int:
     from eas_controller import backup
     from eas_controller.commands.init_schema import ensure_database_exists
@@ -36,18 +31,14 @@ def restore(args) -> int:
     from eas_controller.queues.transfer import adopt_restored
 
     settings = cli.settings_from(args)
-    try:
+    with cli.one_line_errors(backup.BackupError):
         backup.read_header(args.input)  # a wrong file is refused before anything is touched
-    except backup.BackupError as error:
-        raise cli.CommandError(str(error)) from None
     ensure_database_exists(settings.database_url)
     engine = cli.connect(settings, check_schema=False)
     progress = None if args.quiet else (lambda table, rows: print("  %-24s %10d rows" % (table, rows)))
     print("restoring %s into %s" % (args.input, redact_url(settings.database_url)))
-    try:
+    with cli.one_line_errors(backup.BackupError, OSError):
         counts = backup.restore(engine, args.input, force=args.force, progress=progress)
-    except (backup.BackupError, OSError) as error:
-        raise cli.CommandError(str(error)) from None
     print("restored %d rows in %d tables" % (sum(counts.values()), len(counts)))
     queue = make_queue(settings, engine)
     try:
@@ -61,3 +52,6 @@ def restore(args) -> int:
               "queue_management/requeue_lost_messages.py" % report["unconfirmed"])
         return 1
     return 0
+
+
+main = cli.command(build_parser, restore)

@@ -22,11 +22,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: save(args))
-
-
 def default_output(now: float | None = None) -> str:
     """The seed's dump name: the local date and time, so successive saves never overwrite each other."""
     import time
@@ -48,10 +43,11 @@ def save(args) -> int:
     engine = cli.connect(settings)
     progress = None if args.quiet else (lambda table, rows: print("  %-24s %10d rows" % (table, rows)))
     print("saving %s" % redact_url(settings.database_url))
-    try:
+    with cli.one_line_errors(backup.BackupError, OSError):
         counts = backup.save(engine, args.output, progress)
-    except (backup.BackupError, OSError) as error:
-        raise cli.CommandError(str(error)) from None
     print("saved %d rows in %d tables to %s (%.1f MB)" % (sum(counts.values()), len(counts), args.output,
                                                           os.path.getsize(args.output) / 1e6))
     return 0
+
+
+main = cli.command(build_parser, save)

@@ -56,11 +56,6 @@ def client_command(url_text: str) -> tuple[list[str], dict[str, str]]:
     return command, environment
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: shell(args))
-
-
 def shell(args) -> int:
     import os
     import shlex
@@ -73,3 +68,6 @@ def shell(args) -> int:
         return 0
     os.execvpe(command[0], command, dict(os.environ, **environment))
     return 0
+
+
+main = cli.command(build_parser, shell)

@@ -79,21 +79,14 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: deploy(args))
-
-
 def deploy(args) -> int:
     from eas_controller.deployment import kubectl
     from eas_controller.deployment.kubernetes import ManifestError, render_all, to_yaml
 
     settings = cli.settings_from(args)
-    try:
+    with cli.one_line_errors(ManifestError):
         documents, specs = render_all(registry_from(args, settings), options_from(args, settings), args.worker,
                                       include_infrastructure=not args.workers_only)
-    except ManifestError as error:
-        raise cli.CommandError(str(error)) from None
     for spec in specs:
         for note in spec.notes:
             print("deploy: %s" % note, file=sys.stderr)
@@ -101,7 +94,7 @@ def deploy(args) -> int:
         print("# Secret %s (passwords) is created by deploy.py on first deployment; it is not shown." % "eas-credentials")
         print(to_yaml(documents), end="")
         return 0
-    try:
+    with cli.one_line_errors(kubectl.KubectlError):
         kubectl.require_cluster()
         namespace_docs = [doc for doc in documents if doc["kind"] == "Namespace"]
         if namespace_docs:
@@ -109,8 +102,9 @@ def deploy(args) -> int:
         if kubectl.ensure_secret(args.namespace):
             print("secret/eas-credentials created (random passwords)")
         print(kubectl.apply([doc for doc in documents if doc["kind"] != "Namespace"]), end="")
-    except kubectl.KubectlError as error:
-        raise cli.CommandError(str(error)) from None
     print("deployed %d worker Deployment(s) to namespace %s: %s" % (
         len(specs), args.namespace, ", ".join(spec.name for spec in specs)))
     return 0
+
+
+main = cli.command(build_parser, deploy)

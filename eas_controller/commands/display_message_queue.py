@@ -22,11 +22,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: display(args))
-
-
 def display(args) -> int:
     from eas_controller import recovery
     from eas_controller.queues import make_queue
@@ -36,10 +31,8 @@ def display(args) -> int:
     settings = cli.settings_from(args)
     engine = cli.connect(settings)
     names = sorted({name.strip() for value in args.task_type or [] for name in value.split(",") if name.strip()})
-    try:
+    with cli.one_line_errors(ValueError):
         recovery.check_task_types(engine, names)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
     queue = make_queue(settings, engine)
     try:
         rows = recovery.queue_status(engine, queue, names or None, everything=args.all)
@@ -50,3 +43,6 @@ def display(args) -> int:
     print(emit(rows, args.format, ["task_type", "queue", "queued", "running", "oldest_queued_s", "in_queue",
                                            "consumers"]))
     return 0
+
+
+main = cli.command(build_parser, display)

@@ -27,11 +27,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: empty(args))
-
-
 def empty(args) -> int:
     from eas_controller import recovery
     from eas_controller.queues import make_queue
@@ -55,3 +50,6 @@ def empty(args) -> int:
     elif report["tasks"]:
         print("note: a running scheduler queues ready tasks again; use --hold to keep them out")
     return 0
+
+
+main = cli.command(build_parser, empty)

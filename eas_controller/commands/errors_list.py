@@ -43,11 +43,6 @@ def parse_since(text: str, now: float) -> float:
     raise cli.CommandError("--since %r is neither a duration (90s, 30m, 2h, 1d) nor a time (YYYY-MM-DD HH:MM)" % text)
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: show(args))
-
-
 def show(args) -> int:
     import time
 
@@ -71,3 +66,6 @@ def show(args) -> int:
         return 0
     print(emit(rows, args.format, ERROR_COLUMNS + (["log"] if args.verbose else [])))
     return 0
+
+
+main = cli.command(build_parser, show)

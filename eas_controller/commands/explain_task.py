@@ -23,11 +23,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: show(args))
-
-
 def show(args) -> int:
     import json
 
@@ -37,3 +32,6 @@ def show(args) -> int:
                                                                             settings.max_attempts))
     print(json.dumps(result, indent=1, default=str) if args.format == "json" else render_explanation(result))
     return 0
+
+
+main = cli.command(build_parser, show)

@@ -54,10 +54,8 @@ def initialise(args) -> int:
     try:
         if settings.queue == "amqp":
             print("queue: RabbitMQ at %s, queues %s<task type>" % (redact_url(settings.amqp_url), settings.amqp_queue_prefix))
-            try:
+            with cli.one_line_errors(BrokerError):
                 outcomes = [amqp.broker.declare(name, args.consumer_timeout) for name in names]
-            except BrokerError as error:
-                raise cli.CommandError(str(error)) from None
             print("declared %d queues (%d new): %s" % (len(names), outcomes.count("created"), ", ".join(names)))
             moved = to_amqp(engine, amqp)
             if moved["moved"]:

@@ -64,11 +64,6 @@ def ensure_database_exists(url: str) -> None:
         server.dispose()
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: initialise(args))
-
-
 def initialise(args) -> int:
     import os
 
@@ -109,3 +104,6 @@ def initialise(args) -> int:
         path = save_settings(settings, db_url=settings.db_url, task_type_files=task_type_files)
         print("settings recorded in %s" % path)
     return 0
+
+
+main = cli.command(build_parser, initialise)

@@ -88,7 +88,7 @@ def launch(args) -> int:
         command = command[1:]
     if args.commands and command:
         raise cli.CommandError("give either --commands FILE or -- CMD ARGS..., not both")
-    try:
+    with cli.one_line_errors(LaunchError):
         if args.commands:
             if args.commands == "-":
                 text, where = sys.stdin.read(), "standard input"
@@ -119,8 +119,6 @@ def launch(args) -> int:
             outputs=outputs,
             priority=args.priority,
         )
-    except LaunchError as error:
-        raise cli.CommandError(str(error)) from None
     for task_id in task_ids:
         print(task_id, flush=True)
     if not args.wait:

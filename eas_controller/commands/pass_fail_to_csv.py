@@ -18,11 +18,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: show(args))
-
-
 def show(args) -> int:
     from eas_controller.views.grid import pass_fail_grid
     from eas_controller.views.output import emit
@@ -30,3 +25,6 @@ def show(args) -> int:
     rows, columns = cli.read_view(args, lambda connection, _s: pass_fail_grid(connection, args.job_name, args.task_type))
     print(emit(rows, args.format, columns))
     return 0
+
+
+main = cli.command(build_parser, show)

@@ -25,11 +25,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: reschedule(args))
-
-
 def reschedule(args) -> int:
     from eas_controller import recovery
     from eas_controller.queues import make_queue
@@ -54,3 +49,6 @@ def reschedule(args) -> int:
     if not args.dry_run and not args.no_schedule:
         print("queued %d new attempt(s)" % report["promoted"])
     return 0
+
+
+main = cli.command(build_parser, reschedule)

@@ -22,11 +22,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: serve(args))
-
-
 def serve(args) -> int:
     try:
         from eas_controller.web_interface.api import create_api_app
@@ -41,3 +36,6 @@ def serve(args) -> int:
     print("REST API on http://%s:%d/api (OpenAPI document: /api/openapi.json)" % (args.host, args.port), flush=True)
     create_api_app(settings).run(host=args.host, port=args.port, threaded=True)
     return 0
+
+
+main = cli.command(build_parser, serve)

@@ -13,17 +13,13 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: restart(args))
-
-
 def restart(args) -> int:
     from eas_controller.deployment import kubectl
 
-    try:
+    with cli.one_line_errors(kubectl.KubectlError):
         kubectl.require_cluster()
         print(kubectl.rollout_restart(args.namespace, ["deployment/eas-web-interface"]), end="")
-    except kubectl.KubectlError as error:
-        raise cli.CommandError(str(error)) from None
     return 0
+
+
+main = cli.command(build_parser, restart)

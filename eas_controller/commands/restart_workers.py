@@ -21,23 +21,16 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: restart(args))
-
-
 def restart(args) -> int:
     from eas_controller.commands.deploy import options_from, registry_from
     from eas_controller.deployment import kubectl
     from eas_controller.deployment.kubernetes import ManifestError, render_all
 
     settings = cli.settings_from(args)
-    try:
+    with cli.one_line_errors(ManifestError):
         documents, specs = render_all(registry_from(args, settings), options_from(args, settings), args.worker,
                                       include_infrastructure=False)
-    except ManifestError as error:
-        raise cli.CommandError(str(error)) from None
-    try:
+    with cli.one_line_errors(kubectl.KubectlError):
         kubectl.require_cluster()
         running = kubectl.worker_deployments(args.namespace)
         wanted = {"deployment.apps/%s" % spec.name for spec in specs}
@@ -48,6 +41,7 @@ def restart(args) -> int:
         names = {target.split("/", 1)[1] for target in targets}
         print(kubectl.apply([doc for doc in documents if doc["metadata"]["name"] in names]), end="")
         print(kubectl.rollout_restart(args.namespace, targets), end="")
-    except kubectl.KubectlError as error:
-        raise cli.CommandError(str(error)) from None
     return 0
+
+
+main = cli.command(build_parser, restart)

@@ -24,11 +24,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: schedule(args))
-
-
 def schedule(args) -> int:
     from eas_controller.queues import make_queue
     from eas_controller.scheduler import Scheduler
@@ -48,3 +43,6 @@ def schedule(args) -> int:
                           lease_seconds=settings.lease_seconds)
     cli.serve_metrics(args, "scheduler", engine, database_counts=True, lease_seconds=settings.lease_seconds)
     return SchedulerDaemon(engine, scheduler, settings.scheduler_interval, verbose=args.verbose).run(once=args.once)
+
+
+main = cli.command(build_parser, schedule)

@@ -45,11 +45,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: submit_workers(args))
-
-
 def _job_environment(args, settings) -> dict:
     """What sbatch exports to the jobs: the connection this command resolved, so workers agree with it."""
     env = dict(os.environ)
@@ -74,12 +69,10 @@ def submit_workers(args) -> int:
         burst=not args.no_burst, log_dir=os.path.abspath(args.log_dir or os.path.join(settings.data_dir, "slurm")),
         extra_sbatch=[option.lstrip() for option in args.sbatch_option])
     env = _job_environment(args, settings)
-    try:
+    with cli.one_line_errors(ValueError):
         spec.check()
         limits = slurm.look_up_limits(env, count_submitted=not args.dry_run)
         scripts, held_back = slurm.batch_scripts(spec, limits)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
     for note in limits.notes:
         print("slurm: %s" % note, file=sys.stderr)
     if held_back:
@@ -91,10 +84,11 @@ def submit_workers(args) -> int:
     if args.dry_run:
         print("\n".join(scripts))
         return 0
-    try:
+    with cli.one_line_errors(slurm.SlurmError):
         ids = [slurm.submit(script, env, spec.log_dir) for script in scripts]
-    except slurm.SlurmError as error:
-        raise cli.CommandError(str(error)) from None
     print("submitted %d worker(s) as Slurm job array(s) %s; output in %s" % (
         args.count - held_back, ", ".join(ids), spec.log_dir))
     return 0
+
+
+main = cli.command(build_parser, submit_workers)

@@ -26,11 +26,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: start(args))
-
-
 def start(args) -> int:
     from eas_controller.deployment import local_pool
 
@@ -45,12 +40,13 @@ def start(args) -> int:
     env = dict(os.environ, EAS_DATA_DIR=settings.data_dir, EAS_DB_URL=settings.database_url)
     if settings.settings_path:
         env["EAS_CONFIG"] = settings.settings_path
-    try:
+    with cli.one_line_errors(local_pool.PoolError):
         members = local_pool.start_pool(settings.data_dir, args.count, worker_args, args.grace_period, env=env,
                                         prefix=args.name_prefix)
-    except local_pool.PoolError as error:
-        raise cli.CommandError(str(error)) from None
     for member in members:
         print("started worker %s (pid %d), log %s" % (member.name, member.pid, member.log))
     print("pid file: %s; stop with ./stop.py --local" % local_pool.pid_file(settings.data_dir))
     return 0
+
+
+main = cli.command(build_parser, start)

@@ -28,30 +28,24 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: stop(args))
-
-
 def stop(args) -> int:
     if args.local:
         from eas_controller.deployment import local_pool
 
         settings = cli.settings_from(args)
-        try:
+        with cli.one_line_errors(local_pool.PoolError):
             report = local_pool.stop_pool(settings.data_dir, timeout=args.timeout)
-        except local_pool.PoolError as error:
-            raise cli.CommandError(str(error)) from None
         for line in report.lines:
             print(line)
         return 0 if not report.killed else 1
     from eas_controller.deployment import kubectl
 
-    try:
+    with cli.one_line_errors(kubectl.KubectlError):
         kubectl.require_cluster()
         print(kubectl.delete_workers(args.namespace, args.worker), end="")
         if args.all:
             print(kubectl.delete_services(args.namespace), end="")
-    except kubectl.KubectlError as error:
-        raise cli.CommandError(str(error)) from None
     return 0
+
+
+main = cli.command(build_parser, stop)

@@ -27,11 +27,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: submit(args))
-
-
 def submit(args) -> int:
     import json
 
@@ -77,3 +72,6 @@ def submit(args) -> int:
     if resuming:
         print(summary(decisions))
     return 0
+
+
+main = cli.command(build_parser, submit)

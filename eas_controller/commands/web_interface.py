@@ -27,11 +27,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: serve(args))
-
-
 def serve(args) -> int:
     from werkzeug.serving import make_server
 
@@ -52,3 +47,6 @@ def serve(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+main = cli.command(build_parser, serve)

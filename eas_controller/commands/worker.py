@@ -50,11 +50,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: work(args))
-
-
 def work(args) -> int:
     import os
 
@@ -82,7 +77,8 @@ def work(args) -> int:
                     nice=args.nice, grace_period=args.grace_period, poll_interval=args.poll_interval,
                     keep_scratch=args.keep_scratch, prefetch=args.prefetch)
     cli.serve_metrics(args, "worker", engine)
-    try:
+    with cli.one_line_errors(ValueError):
         return worker.run()
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
+
+
+main = cli.command(build_parser, work)

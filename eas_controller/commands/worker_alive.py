@@ -18,11 +18,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: check(args))
-
-
 def check(args) -> int:
     from eas_controller.database.engine import make_engine
     from eas_controller.deployment.heartbeat import judge
@@ -37,3 +32,6 @@ def check(args) -> int:
         engine.dispose()
     print(("alive: " if verdict.alive else "not alive: ") + verdict.reason)
     return 0 if verdict.alive else 1
+
+
+main = cli.command(build_parser, check)

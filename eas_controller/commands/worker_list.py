@@ -19,11 +19,6 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: show(args))
-
-
 def show(args) -> int:
     from eas_controller.views.output import emit, when
     from eas_controller.views.workers import WORKER_COLUMNS, worker_list
@@ -36,3 +31,6 @@ def show(args) -> int:
                 "%d types" % len(row["capabilities"])
     print(emit(rows, args.format, WORKER_COLUMNS))
     return 0
+
+
+main = cli.command(build_parser, show)

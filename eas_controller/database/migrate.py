@@ -94,3 +94,15 @@ def record_version(connection: Connection, version: int) -> None:
     ).rowcount
     if not updated:
         connection.execute(schema_info.insert().values(key="schema_version", value=str(version)))
+
+
+def add_missing_columns(table: str, *columns) -> None:
+    """Inside a revision: add each of ``columns`` that ``table`` lacks (so running a revision twice, or on a
+    database that already has a column, changes nothing)."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    present = {column["name"] for column in sa.inspect(op.get_bind()).get_columns(table)}
+    for column in columns:
+        if column.name not in present:
+            op.add_column(table, column)

@@ -47,17 +47,17 @@ class WorkerArray:
     """The resources of each worker in the array and how it runs."""
 
     count: int = 1
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None  # Slurm's format: minutes, MM:SS, HH:MM:SS, D-HH...
     cpus_per_task: int = 1
     memory_gb: float = 1.0
     gpus: int = 0
-    time: str | None = None  # Slurm's format: minutes, MM:SS, HH:MM:SS, D-HH...
-    partition: str | None = None
-    account: str | None = None
+    task_types: str | None = None
+    concurrency: int | None = None
     job_name: str = "eas-worker"
     margin_s: int = 120
     grace_period_s: float = 90.0
-    task_types: str | None = None
-    concurrency: int | None = None
     burst: bool = True
     log_dir: str = "."
     python: str = sys.executable

@@ -14,24 +14,16 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
-from eas_controller.database.migrate import record_version
+from eas_controller.database.migrate import add_missing_columns, record_version
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
-    inspector = sa.inspect(op.get_bind())
-    type_columns = {column["name"] for column in inspector.get_columns("eas_task_types")}
-    if "version" not in type_columns:
-        op.add_column("eas_task_types", sa.Column("version", sa.String(64), nullable=False, server_default="1"))
-    task_columns = {column["name"] for column in inspector.get_columns("eas_tasks")}
-    for name, column_type in (("type_version", sa.String(64)), ("fingerprint", sa.String(64)),
-                              ("reused_from_attempt_id", sa.Integer)):
-        if name not in task_columns:
-            op.add_column("eas_tasks", sa.Column(name, column_type))
+    add_missing_columns("eas_task_types", sa.Column("version", sa.String(64), nullable=False, server_default="1"))
+    add_missing_columns("eas_tasks", sa.Column("type_version", sa.String(64)), sa.Column("fingerprint", sa.String(64)),
+                        sa.Column("reused_from_attempt_id", sa.Integer))
     record_version(op.get_bind(), 4)
 
 

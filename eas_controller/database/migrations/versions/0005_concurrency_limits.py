@@ -15,22 +15,17 @@ Revises: 0004
 import sqlalchemy as sa
 from alembic import op
 
-from eas_controller.database.migrate import record_version
+from eas_controller.database.migrate import add_missing_columns, record_version
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
+    add_missing_columns("eas_task_types", sa.Column("limit_key", sa.Text), sa.Column("limit_max", sa.Integer))
+    add_missing_columns("eas_tasks", sa.Column("limit_key", sa.String(255)))
+    add_missing_columns("eas_sql_queue", sa.Column("limit_key", sa.String(255)))
     inspector = sa.inspect(op.get_bind())
-    for table, column in (("eas_task_types", sa.Column("limit_key", sa.Text)),
-                          ("eas_task_types", sa.Column("limit_max", sa.Integer)),
-                          ("eas_tasks", sa.Column("limit_key", sa.String(255))),
-                          ("eas_sql_queue", sa.Column("limit_key", sa.String(255)))):
-        if column.name not in {existing["name"] for existing in inspector.get_columns(table)}:
-            op.add_column(table, column)
     if not inspector.has_table("eas_concurrency_limits"):
         op.create_table(
             "eas_concurrency_limits",
