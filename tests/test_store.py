@@ -21,6 +21,7 @@ from eas_controller.database.schema import attempts, jobs, tasks
 from eas_controller.retries import RetryPolicy
 from eas_controller.store import attempts as attempt_store
 from eas_controller.store import readiness
+from eas_controller.store import reuse as reuse_store
 from eas_controller.store import tasks as task_store
 from eas_controller.store import workers as worker_store
 from eas_controller.store.moves import Moved
@@ -84,7 +85,16 @@ TASK_OPERATIONS = {
                lambda c, ids: task_store.cancel(c, ids, "stop", NOW)),
     "ready_orphans": (task_store.ORPHAN_FROM, states.READY,
                       lambda c, ids: task_store.ready_orphans(c, ids, NOW)),
+    "take_over": (reuse_store.REUSE_FROM, states.DONE,
+                  lambda c, ids: reuse_store.take_over(c, [(i, _earlier(i)) for i in ids], NOW)),
 }
+
+
+def _earlier(task_id: int) -> reuse_store.Earlier:
+    """An earlier run to take over (the task itself, which made nothing: only the move is under test)."""
+    return reuse_store.Earlier(task_id=task_id, job_id=1, chain_path="x", task_type="sleep", type_version="1",
+                               job_name="store", working_directory="", description={}, fingerprint=None,
+                               attempt_id=None)
 
 SELECTION_OPERATIONS = {
     # operations on a recovery selection: they only ever consider rows in their sources, so the test checks

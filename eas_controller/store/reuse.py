@@ -163,10 +163,15 @@ def database_inputs(connection: Connection, paths: Iterable[str]) -> dict[str, s
 def take_over(connection: Connection, pairs: list[tuple[int, Earlier]], now: float | None = None) -> Moved:
     """Finish each new task (id) with the results of its :class:`Earlier` run: copies of the earlier task's
     product versions (same file, size, md5, QC; ``attempt_id`` the attempt that made them) and output
-    metadata, then ``ready -> done``. The new rows were written with ``reused_from_attempt_id`` set."""
+    metadata, after moving it ``ready -> done``; a row in another state is refused and gets nothing. The new
+    rows were written with ``reused_from_attempt_id`` set."""
     now = now or time.time()
     if not pairs:
         return Moved()
+    moved = guarded_update(connection, tasks, [task_id for task_id, _earlier in pairs], REUSE_FROM,
+                           dict(state=states.DONE, updated_at=now))
+    taken = set(moved.moved)
+    pairs = [(task_id, earlier) for task_id, earlier in pairs if task_id in taken]  # a refused row keeps nothing
     made = outputs_made(connection, [earlier.task_id for _task_id, earlier in pairs])
     planned: dict[tuple[int, str], int] = {}
     new_ids = [task_id for task_id, _earlier in pairs]
@@ -202,4 +207,4 @@ def take_over(connection: Connection, pairs: list[tuple[int, Earlier]], now: flo
                                value_type=row.value_type, value=row.value))
     for chunk in chunks(copies):
         connection.execute(metadata_items.insert(), chunk)
-    return guarded_update(connection, tasks, new_ids, REUSE_FROM, dict(state=states.DONE, updated_at=now))
+    return moved
