@@ -28,15 +28,20 @@ def _points_to(name: str, table: str, nullable: bool = False) -> sa.Column:
     return sa.Column(name, sa.Integer, sa.ForeignKey("%s.id" % table), nullable=nullable)
 
 
+def _table(name: str, *columns_and_indexes) -> None:
+    """A table keyed by an integer ``id``, as every table of version 1 but ``eas_schema_info`` is (its indexes
+    are listed first)."""
+    op.create_table(name, _id(), *columns_and_indexes)
+
+
 def upgrade() -> None:
     op.create_table(
         "eas_schema_info",
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.String(255), nullable=False),
     )
-    op.create_table(
+    _table(
         "eas_task_types",
-        _id(),
         sa.Column("name", sa.String(128), nullable=False, unique=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("target", sa.Text, nullable=False),
@@ -51,16 +56,17 @@ def upgrade() -> None:
         sa.Column("source", sa.String(1024), nullable=False),
         sa.Column("updated_at", sa.Double, nullable=False),
     )
-    op.create_table(
+    _table(
         "eas_jobs",
-        _id(),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("source", sa.String(1024)),
         sa.Column("submitted_at", sa.Double, nullable=False),
     )
-    op.create_table(
+    _table(
         "eas_tasks",
-        _id(),
+        sa.Index("ix_eas_tasks_state_priority", "state", "priority", "id"),
+        sa.Index("ix_eas_tasks_job", "job_id", "state"),
+        sa.Index("ix_eas_tasks_parent", "parent_id"),
         _points_to("job_id", "eas_jobs"),
         _points_to("parent_id", "eas_tasks", nullable=True),
         sa.Column("name", sa.String(255)),
@@ -82,24 +88,21 @@ def upgrade() -> None:
         sa.Column("error_text", sa.Text),
         sa.Column("created_at", sa.Double, nullable=False),
         sa.Column("updated_at", sa.Double, nullable=False),
-        sa.Index("ix_eas_tasks_state_priority", "state", "priority", "id"),
-        sa.Index("ix_eas_tasks_job", "job_id", "state"),
-        sa.Index("ix_eas_tasks_parent", "parent_id"),
     )
-    op.create_table(
+    _table(
         "eas_task_dependencies",
-        _id(),
+        sa.Index("ix_eas_dependencies_requires", "requires_task_id"),
+        sa.Index("ix_eas_dependencies_task", "task_id"),
         _points_to("task_id", "eas_tasks"),
         _points_to("requires_task_id", "eas_tasks"),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("product_id", sa.Integer),
         sa.Column("satisfied", sa.Boolean, nullable=False),
-        sa.Index("ix_eas_dependencies_requires", "requires_task_id"),
-        sa.Index("ix_eas_dependencies_task", "task_id"),
     )
-    op.create_table(
+    _table(
         "eas_attempts",
-        _id(),
+        sa.Index("ix_eas_attempts_task", "task_id"),
+        sa.Index("ix_eas_attempts_state_lease", "state", "lease_expires_at"),
         _points_to("task_id", "eas_tasks"),
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("task_type", sa.String(128), nullable=False),
@@ -118,22 +121,18 @@ def upgrade() -> None:
         sa.Column("cpu_s", sa.Double),
         sa.Column("cpu_children_s", sa.Double),
         sa.Column("error_text", sa.Text),
-        sa.Index("ix_eas_attempts_task", "task_id"),
-        sa.Index("ix_eas_attempts_state_lease", "state", "lease_expires_at"),
     )
-    op.create_table(
+    _table(
         "eas_sql_queue",
-        _id(),
+        sa.Index("ix_eas_sql_queue_claim", "task_type", "rank", "id"),
+        sa.Index("ix_eas_sql_queue_order", "rank", "id"),
         sa.Column("attempt_id", sa.Integer, nullable=False, unique=True),
         sa.Column("task_type", sa.String(128), nullable=False),
         sa.Column("rank", sa.Integer, nullable=False),
         sa.Column("enqueued_at", sa.Double, nullable=False),
-        sa.Index("ix_eas_sql_queue_claim", "task_type", "rank", "id"),
-        sa.Index("ix_eas_sql_queue_order", "rank", "id"),
     )
-    op.create_table(
+    _table(
         "eas_workers",
-        _id(),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
@@ -149,6 +148,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "eas_log_lines",
+        sa.Index("ix_eas_log_lines_attempt", "attempt_id", "id"),
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("attempt_id", sa.Integer, nullable=False),
         sa.Column("task_id", sa.Integer, nullable=False),
@@ -156,22 +156,20 @@ def upgrade() -> None:
         sa.Column("severity", sa.String(8), nullable=False),
         sa.Column("stream", sa.String(8), nullable=False),
         sa.Column("message", sa.Text, nullable=False),
-        sa.Index("ix_eas_log_lines_attempt", "attempt_id", "id"),
     )
-    op.create_table(
+    _table(
         "eas_products",
-        _id(),
+        sa.Index("ix_eas_products_path", "relative_path"),
+        sa.Index("ix_eas_products_task", "task_id"),
         _points_to("task_id", "eas_tasks"),
         sa.Column("semantic_type", sa.String(128), nullable=False),
         sa.Column("relative_path", sa.String(760), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("latest_version_id", sa.Integer),
-        sa.Index("ix_eas_products_path", "relative_path"),
-        sa.Index("ix_eas_products_task", "task_id"),
     )
-    op.create_table(
+    _table(
         "eas_product_versions",
-        _id(),
+        sa.Index("ix_eas_product_versions_product", "product_id"),
         _points_to("product_id", "eas_products"),
         sa.Column("attempt_id", sa.Integer, nullable=False),
         sa.Column("path", sa.String(2048), nullable=False),
@@ -180,11 +178,10 @@ def upgrade() -> None:
         sa.Column("qc_state", sa.String(16), nullable=False),
         sa.Column("qc_message", sa.Text),
         sa.Column("created_at", sa.Double, nullable=False),
-        sa.Index("ix_eas_product_versions_product", "product_id"),
     )
-    op.create_table(
+    _table(
         "eas_metadata",
-        _id(),
+        sa.Index("ix_eas_metadata_task", "task_id", "scope"),
         sa.Column("scope", sa.String(16), nullable=False),
         sa.Column("task_id", sa.Integer, nullable=False),
         sa.Column("attempt_id", sa.Integer),
@@ -192,7 +189,6 @@ def upgrade() -> None:
         sa.Column("key", sa.String(255), nullable=False),
         sa.Column("value_type", sa.String(8), nullable=False),
         sa.Column("value", LongText, nullable=False),
-        sa.Index("ix_eas_metadata_task", "task_id", "scope"),
     )
     record_version(op.get_bind(), 1)
 
