@@ -18,7 +18,9 @@ import os
 
 from sqlalchemy.engine import Connection
 
+from eas_controller import uris
 from eas_controller.chains import ChainError, Node, Plan, evaluate_late_fields
+from eas_controller.store import metadata as metadata_store
 from eas_controller.store import reuse as reuse_store
 from eas_controller.store.metadata import output_of
 from eas_controller.store.plans import compared_fields, fingerprint, type_versions
@@ -69,12 +71,39 @@ def check_earlier_job(connection: Connection, plan: Plan) -> None:
     raise ChainError("%s: --resume: no earlier job named %r in this database%s" % (plan.source, plan.job_name, hint))
 
 
-def decide(connection: Connection, plan: Plan) -> list[Decision]:
-    """One :class:`Decision` per worker task of the plan, in plan order."""
+def outside_inputs(plan: Plan) -> list[str]:
+    """The URIs the plan's tasks read that no task of the plan makes (data from outside, or made by an earlier
+    job): what :func:`source_identities` looks up before a resume decides."""
+    made = {path for node in plan.worker_tasks for path in node.outputs.values()}
+    return sorted({path for node in plan.worker_tasks for path in node.inputs.values()
+                   if uris.is_uri(path) and path not in made})
+
+
+def source_identities(paths: list[str], s3_endpoint_url: str | None = None) -> dict[str, str]:
+    """{URI: what identifies its content now} (see ``Transfer.source_identity``); "" for one that cannot be
+    looked up from here, which then counts as changed."""
+    from eas_controller.worker.transfer import Transfer, TransferError
+
+    transfer = Transfer(s3_endpoint_url=s3_endpoint_url)
+    result = {}
+    for path in paths:
+        try:
+            result[path] = transfer.source_identity(path)
+        except TransferError:
+            result[path] = ""
+    return result
+
+
+def decide(connection: Connection, plan: Plan, identities: dict[str, str] | None = None) -> list[Decision]:
+    """One :class:`Decision` per worker task of the plan, in plan order. ``identities``: those of the plan's
+    :func:`outside_inputs`, looked up beforehand (outside the transaction)."""
+    identities = identities or {}
     leaves = plan.worker_tasks
     earlier = reuse_store.earlier_tasks(connection, plan.job_name, [stored_path(node) for node in leaves])
     earlier_ids = [found.task_id for found in earlier.values()]
     read = reuse_store.inputs_read(connection, earlier_ids)
+    fetched = metadata_store.inputs_fetched(connection, [found.attempt_id for found in earlier.values()
+                                                         if found.attempt_id is not None])
     made = reuse_store.outputs_made(connection, earlier_ids)
     database = reuse_store.database_inputs(connection, {path for node in leaves for path, _s in node.unresolved_inputs})
     versions = type_versions(connection)
@@ -99,6 +128,11 @@ def decide(connection: Connection, plan: Plan) -> list[Decision]:
         for semantic, path in sorted(node.inputs.items()):
             if path in producers:
                 now = made.get(earlier[stored_path(producers[path])].task_id, {}).get(path, {}).get("md5")
+            elif path not in database and path in identities:  # data from outside: what the source holds now
+                then = fetched.get(found.attempt_id, {}).get(path)
+                if not identities[path] or identities[path] != then:
+                    return Decision(node, "changed input " + semantic, found)
+                continue
             else:
                 now = database.get(path)
             if now is None or now != read.get(found.task_id, {}).get(path):

@@ -14,7 +14,7 @@ from eas_controller import resume as resuming
 from eas_controller.chains import Plan
 from eas_controller.store.plans import check_inputs, create_job, write_plan
 
-__all__ = ["check_inputs", "plan_resume", "submit_chain", "submit_plan"]
+__all__ = ["check_inputs", "outside_identities", "plan_resume", "submit_chain", "submit_plan"]
 
 
 def submit_plan(connection: Connection, plan: Plan, max_attempts: dict[str, int | None] | None = None,
@@ -28,12 +28,19 @@ def submit_plan(connection: Connection, plan: Plan, max_attempts: dict[str, int 
     return job_id, ids
 
 
-def plan_resume(connection: Connection, plan: Plan, strict: bool) -> list:
+def plan_resume(connection: Connection, plan: Plan, strict: bool, identities: dict[str, str] | None = None) -> list:
     """The resume decisions for ``plan``. ``strict`` (the ``--resume`` flag): a job name with no earlier job
-    is an error; otherwise (the chain's ``"resume": true``) every task of it is new."""
+    is an error; otherwise (the chain's ``"resume": true``) every task of it is new. ``identities``: from
+    :func:`outside_identities`, looked up before the transaction."""
     if strict:
         resuming.check_earlier_job(connection, plan)
-    return resuming.decide(connection, plan)
+    return resuming.decide(connection, plan, identities)
+
+
+def outside_identities(plan: Plan, s3_endpoint_url: str | None = None) -> dict[str, str]:
+    """What the data the plan reads by URI from outside holds now (network look-ups: call it outside a
+    transaction, and only when resuming)."""
+    return resuming.source_identities(resuming.outside_inputs(plan), s3_endpoint_url)
 
 
 def resume_requested(chain: dict, flag: bool) -> tuple[bool, bool]:
@@ -42,7 +49,7 @@ def resume_requested(chain: dict, flag: bool) -> tuple[bool, bool]:
 
 
 def submit_chain(engine, chain: dict, source: str, job_name: str | None = None, resume: bool = False,
-                 with_decisions: bool = False):
+                 with_decisions: bool = False, s3_endpoint_url: str | None = None):
     """Validate and expand ``chain``, then write it in one transaction; returns (job id, plan), and the
     resume decisions too with ``with_decisions`` (an empty list when not resuming)."""
     from eas_controller.chains import expand_chain
@@ -54,9 +61,10 @@ def submit_chain(engine, chain: dict, source: str, job_name: str | None = None, 
     plan = expand_chain(chain, source, registry, job_name)
     active, strict = resume_requested(chain, resume)
     decisions: list = []
+    identities = outside_identities(plan, s3_endpoint_url) if active else {}
     with write_transaction(engine) as connection:
         if active:
-            decisions = plan_resume(connection, plan, strict)
+            decisions = plan_resume(connection, plan, strict, identities)
         job_id, _ids = submit_plan(connection, plan, {name: t.max_attempts for name, t in registry.items()},
                                    decisions)
     return (job_id, plan, decisions) if with_decisions else (job_id, plan)

@@ -22,6 +22,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from bench.private_servers import free_port
 from conftest import make_environment
 from eas_controller import uris
 from eas_controller.database.schema import log_lines, product_versions, products, task_dependencies
@@ -29,12 +30,6 @@ from eas_controller.registry import RegistryError, parse_entry
 from test_submit_and_run import attempts_of, job_tasks, run_workers, submit, write_chain
 
 SHARED_BUCKET = "eas-test-shared"  # named by the read_shared_model type in tests/task_types_test.yaml
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log_path: str) -> None:
@@ -529,3 +524,40 @@ def test_s3_endpoint_setting(tmp_path):
             as caught:
         load_settings(config_path=str(path), environ={"EAS_S3_ENDPOINT_URL": "https://key:hunter2@s3.example.org"})
     assert "hunter2" not in str(caught.value)
+
+
+# -- resuming a job that reads data from outside ------------------------------------------------------------
+
+def resume_reasons(eas, chain: dict, tmp_path) -> dict[str, str]:
+    """{task name: reason} from ``submit.py --resume --dry-run --format json``."""
+    result = eas.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, chain), "--resume", "--dry-run",
+                        "--format", "json")
+    return {row["task_name"]: row["reason"] for row in json.loads(result.stdout)}
+
+
+def test_a_resumed_job_reuses_tasks_whose_outside_data_is_unchanged_and_reruns_the_others(eas_two, tmp_path, s3, web):
+    base, folder = web
+    (folder / "page.txt").write_text("page, first version\n")
+    local = tmp_path / "outside.txt"
+    local.write_text("file, first version\n")
+    bucket = s3.bucket()
+    s3.put(bucket, "raw.txt", b"object, first version\n")
+    sources = {"from_s3": "s3://%s/raw.txt" % bucket, "from_web": base + "/page.txt", "from_file": "file://%s" % local}
+    chain = {"job_name": "uris_resume", "task_list": [
+        {"task": "shell", "name": name, "inputs": {"raw": uri}, "outputs": {"copy": "%s.txt" % name},
+         "command": "cp \"$EAS_INPUT_RAW\" \"$EAS_OUTPUT_COPY\""} for name, uri in sources.items()]}
+    submit(eas_two, chain, tmp_path)
+    run_workers(eas_two, 1)
+    assert resume_reasons(eas_two, chain, tmp_path) == {name: "reused" for name in sources}
+
+    s3.put(bucket, "raw.txt", b"object, second version\n")
+    (folder / "page.txt").write_text("page, second version, longer\n")  # the server sends no ETag: a new length
+    local.write_text("file, second version\n")
+    assert resume_reasons(eas_two, chain, tmp_path) == {name: "changed input raw" for name in sources}
+
+    result = eas_two.script("job_submission/submit.py", "--tasks", write_chain(tmp_path, chain), "--resume")
+    assert "resume: 0 of 3 worker tasks reused, 3 to run" in result.stdout, result.stdout
+    run_workers(eas_two, 1)
+    with open(os.path.join(eas_two.settings.data_dir, "from_s3.txt")) as handle:
+        assert handle.read() == "object, second version\n"
+    assert resume_reasons(eas_two, chain, tmp_path) == {name: "reused" for name in sources}

@@ -58,7 +58,8 @@ def run_local(args) -> int:
             store_registry(connection, read_registries(settings.task_type_files))
         print("created the database schema in %s" % settings.database_url)
     cli.connect(settings)  # checks the schema version
-    job_id, plan, decisions = submit_chain(engine, chain, source, args.job_name, args.resume, with_decisions=True)
+    job_id, plan, decisions = submit_chain(engine, chain, source, args.job_name, args.resume, with_decisions=True,
+                                           s3_endpoint_url=settings.s3_endpoint_url)
     print("submitted job %d (%s): %d tasks, %d on workers" % (job_id, plan.job_name, len(plan.nodes),
                                                                len(plan.worker_tasks)))
     if decisions:

@@ -33,7 +33,7 @@ def submit(args) -> int:
     from eas_controller.chains import ChainError, read_chain_file
     from eas_controller.database.engine import read_transaction
     from eas_controller.registry import load_registry
-    from eas_controller.submission import plan_resume, resume_requested, submit_chain
+    from eas_controller.submission import outside_identities, plan_resume, resume_requested, submit_chain
     from eas_controller.views.resume import decision_rows, render_decisions, summary
 
     settings = cli.settings_from(args)
@@ -51,7 +51,11 @@ def submit(args) -> int:
             known = load_registry(connection)
             plan = expand_chain(chain, source, known, args.job_name)
             check_inputs(connection, plan, lock=False)
-            decisions = plan_resume(connection, plan, strict) if resuming else None
+        decisions = None
+        if resuming:
+            identities = outside_identities(plan, settings.s3_endpoint_url)
+            with read_transaction(engine) as connection:
+                decisions = plan_resume(connection, plan, strict, identities)
         if decisions is None:
             print(render_plan(plan))
         elif args.format == "table":
@@ -62,7 +66,8 @@ def submit(args) -> int:
             return 0
         print("\ndry run: the chain is valid; nothing was written")
         return 0
-    job_id, plan, decisions = submit_chain(engine, chain, source, args.job_name, args.resume, with_decisions=True)
+    job_id, plan, decisions = submit_chain(engine, chain, source, args.job_name, args.resume, with_decisions=True,
+                                           s3_endpoint_url=settings.s3_endpoint_url)
     if args.format == "json":
         print(json.dumps(dict(job_id=job_id, job_name=plan.job_name, tasks=len(plan.nodes),
                               worker_tasks=len(plan.worker_tasks), decisions=decision_rows(decisions)), indent=1))

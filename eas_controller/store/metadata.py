@@ -28,6 +28,26 @@ def rows_for(task_id: int, attempt_id: int | None, items: dict) -> list[dict]:
     return rows
 
 
+def input_rows(task_id: int, attempt_id: int, fetched: dict) -> list[dict]:
+    """Rows (scope ``input``) saying what an attempt fetched for each URI input: {uri, identity} (see
+    :func:`inputs_fetched`; a resumed job compares them with the sources as they are now)."""
+    return [dict(scope="input", task_id=task_id, attempt_id=attempt_id, key=str(semantic)[:255], value_type="json",
+                 value=json.dumps(facts)) for semantic, facts in sorted(fetched.items())]
+
+
+def inputs_fetched(connection: Connection, attempt_ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    """{attempt id: {URI: the identity of what it fetched from there}}."""
+    attempt_ids = sorted(set(attempt_ids))
+    result: dict[int, dict[str, str]] = {attempt_id: {} for attempt_id in attempt_ids}
+    for chunk in chunks(attempt_ids):
+        rows = connection.execute(sa.select(metadata_items.c.attempt_id, metadata_items.c.value)
+                                  .where(metadata_items.c.attempt_id.in_(chunk), metadata_items.c.scope == "input"))
+        for row in rows:
+            facts = json.loads(row.value)
+            result[row.attempt_id][facts["uri"]] = facts["identity"]
+    return result
+
+
 def insert_rows(connection: Connection, rows: list[dict]) -> None:
     if rows:
         connection.execute(metadata_items.insert(), rows)

@@ -170,6 +170,7 @@ def record_outcomes(connection: Connection, worker: dict, items: list[Completion
             if prepared.claim.get("number", 0) != 1:  # only an earlier success leaves metadata behind
                 replaced.append(task_id)
             metadata_rows.extend(metadata_store.rows_for(task_id, attempt_id, outcome.metadata))
+            metadata_rows.extend(metadata_store.input_rows(task_id, attempt_id, prepared.fetched))
             done.append(task_id)
             done_states[task_id] = owner.task_state
             results[index] = states.A_SUCCEEDED

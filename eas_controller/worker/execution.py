@@ -78,6 +78,7 @@ class PreparedAttempt:
     #: None once the folder and files exist.
     deferred_files: dict | None = None
     remote_inputs: dict = dataclasses.field(default_factory=dict)  # semantic type -> URI, fetched to inputs[...]
+    fetched: dict = dataclasses.field(default_factory=dict)  # semantic type -> {uri, identity} of what was fetched
     resource_files: dict = dataclasses.field(default_factory=dict)  # name -> shared file (URI[|gunzip])
     resources: dict = dataclasses.field(default_factory=dict)  # name -> local path of the fetched shared file
     transfer: object = None  # the worker's :class:`~eas_controller.worker.transfer.Transfer`, once fetched

@@ -150,6 +150,33 @@ class Transfer:
             _remove(partial)
         return os.path.getsize(target)
 
+    def source_identity(self, uri: str) -> str:
+        """What identifies the content at ``uri`` now, without fetching it (a resumed job compares it with what
+        an earlier attempt read): a file's md5; an S3 object's ETag and size; an HTTP resource's ETag, or its
+        Last-Modified and length ("" when the server sends neither: nothing to compare, so it counts as
+        changed). :class:`TransferError` when it cannot be looked up."""
+        scheme = uris.scheme_of(uri)
+        if scheme == "file":
+            try:
+                return "md5:" + products.md5_of(uris.file_path(uri))
+            except OSError as error:
+                raise TransferError("cannot read %s: %s" % (uri, _reason(error))) from None
+        if scheme == "s3":
+            fs = self.s3()
+            info = self._s3_call("look up", uri, fs.info, self._key(uri))
+            return "etag:%s size:%s" % (info.get("ETag"), info.get("size"))
+        request = urllib.request.Request(uri, method="HEAD", headers={"User-Agent": "eas-controller"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                headers = response.headers
+        except (OSError, ValueError) as error:
+            raise TransferError("cannot look up %s: %s" % (uri, _reason(error))) from None
+        if headers.get("ETag"):
+            return "etag:" + headers["ETag"]
+        if headers.get("Last-Modified"):
+            return "modified:%s length:%s" % (headers["Last-Modified"], headers.get("Content-Length"))
+        return ""
+
     @staticmethod
     def _fetch_http(uri: str, partial: str) -> None:
         request = urllib.request.Request(uri, headers={"User-Agent": "eas-controller"})
@@ -263,6 +290,7 @@ def fetch_for_attempt(prepared: PreparedAttempt, transfer: Transfer) -> None:
             size = transfer.fetch(uri, prepared.inputs[semantic])
         except TransferError as error:
             raise TransferError("input '%s': %s" % (semantic, error)) from None
+        prepared.fetched[semantic] = dict(uri=uri, identity=_identity_of_fetched(transfer, uri, prepared.inputs[semantic]))
         prepared.logs.add("INFO", "worker", "fetched input %s from %s (%d bytes)" % (semantic, uri, size))
     for name, spec in sorted(prepared.resource_files.items()):
         try:
@@ -276,6 +304,18 @@ def fetch_for_attempt(prepared: PreparedAttempt, transfer: Transfer) -> None:
                 name, spec, os.path.getsize(path))
             prepared.logs.add("INFO", "worker", message)
             log.info("%s", message)
+
+
+def _identity_of_fetched(transfer: Transfer, uri: str, copy: str) -> str:
+    """The source's identity (see :meth:`Transfer.source_identity`) as recorded for a resume: a file's is the
+    md5 of the copy just made; a look-up that fails records "" (the task runs; a resume will run it again)."""
+    if uris.scheme_of(uri) == "file":
+        return "md5:" + products.md5_of(copy)
+    try:
+        return transfer.source_identity(uri)
+    except TransferError as error:
+        log.warning("input %s fetched, but its identity could not be looked up: %s", uri, error)
+        return ""
 
 
 def stage_uploads(prepared: PreparedAttempt, made: dict[str, dict]) -> None:
