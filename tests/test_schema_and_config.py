@@ -454,3 +454,22 @@ def test_a_real_deadlock_is_retryable_with_either_driver(eas_mysql, scheme):
             connection.exec_driver_sql("DROP TABLE eas_test_deadlock")
     finally:
         engine.dispose()
+
+
+def test_a_script_whose_reader_goes_away_stops_quietly(eas_sqlite, tmp_path):
+    """``submit.py --dry-run ... | head -1``: the pipe closes early; no traceback, the status of a SIGPIPE."""
+    import subprocess
+
+    chain = tmp_path / "big.json"
+    chain.write_text(json.dumps({"job_name": "big", "task_list": [
+        {"task": "execution_for_loop", "parameter": "i", "linear_range": [0, 2999, 3000],
+         "task_list": [{"task": "null"}]}]}))
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eas_controller",
+                        "job_submission", "submit.py")
+    process = subprocess.Popen([path, "--tasks", str(chain), "--dry-run"], cwd=os.path.dirname(path),
+                               env=eas_sqlite.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # as head does after its line
+    stderr = process.stderr.read().decode()
+    assert process.wait(120) == 141, stderr
+    assert first and stderr == ""
