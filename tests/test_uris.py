@@ -215,6 +215,7 @@ def test_registry_checks_shared_files():
     ("resources", {"files": {"model": "s3://u:p@bucket/m.gz|gunzip"}},
      "field 'resources.files.model': credentials are not accepted"),
     ("resources", {"files": {"model": "sftp://host/m"}}, "field 'resources.files.model': unknown URI scheme"),
+    ("resources", {"cpu": 2}, "field 'resources.cpu': a task in a chain may only add shared files here"),
 ])
 def test_bad_uris_are_refused_at_submission(eas_sqlite, tmp_path, field, value, words):
     chain = {"task_list": [{"task": "null", "name": "first"},

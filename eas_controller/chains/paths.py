@@ -39,6 +39,10 @@ def check_resources(resources: Any, where: str) -> None:
     if not isinstance(resources, dict):
         raise ChainError("%s: field 'resources' must be an object like {\"files\": {name: URI}}, not %r"
                          % (where, resources))
+    for key in sorted(set(resources) - {"files"}, key=str):
+        raise ChainError("%s: field 'resources.%s': a task in a chain may only add shared files here "
+                         "(\"resources\": {\"files\": {name: URI}}); cpu, gpu and memory_gb are its task type's "
+                         "(docs/task_types.md)" % (where, key))
     files = resources.get("files", {})
     if not isinstance(files, dict):
         raise ChainError("%s: field 'resources.files' must be an object {name: URI}, not %r" % (where, files))
