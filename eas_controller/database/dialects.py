@@ -181,3 +181,60 @@ def vacuum(engine: Engine, table: str) -> None:
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM (ANALYZE) %s" % table)
+
+
+#: The channel on which transactions that queue SQL-queue rows notify idle workers (PostgreSQL).
+QUEUE_CHANNEL = "eas_queue"
+
+
+def has_notifications(bind: Connection | Engine) -> bool:
+    """Whether the server can wake listening workers when work is queued (PostgreSQL ``LISTEN``/``NOTIFY``,
+    through psycopg 3)."""
+    return family(bind) == "postgresql" and bind.dialect.driver == "psycopg"
+
+
+def notify_queued(connection: Connection) -> None:
+    """``NOTIFY`` the queue channel; delivered when (and only if) this transaction commits, once per
+    transaction however often it is called. Nothing elsewhere."""
+    if has_notifications(connection):
+        connection.exec_driver_sql("NOTIFY %s" % QUEUE_CHANNEL)
+
+
+class QueueListener:
+    """One connection of its own that ``LISTEN``s on the queue channel (PostgreSQL only; see
+    :func:`has_notifications`). :meth:`wait` blocks until a notification arrives or ``timeout`` passes;
+    it sends no statement while it waits. A lost connection is reopened on the next :meth:`wait`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.connection = None  # the psycopg connection, outside the engine's pool
+
+    def _open(self) -> None:
+        raw = self.engine.raw_connection()
+        connection = raw.driver_connection
+        raw.detach()  # never returned to the pool: it stays in LISTEN for this worker's lifetime
+        connection.rollback()
+        connection.autocommit = True
+        connection.execute("LISTEN %s" % QUEUE_CHANNEL)
+        self.connection = connection
+
+    def wait(self, timeout: float) -> bool:
+        """True when a notification arrived (one is consumed), False on timeout. Raises the
+        driver's error when the connection is lost (after closing it)."""
+        try:
+            if self.connection is None:
+                self._open()
+            for _notification in self.connection.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
