@@ -35,6 +35,7 @@ ENVIRONMENT_VARIABLES = {
     "scheduler_interval": "EAS_SCHEDULER_INTERVAL",
     "idle_after_s": "EAS_IDLE_AFTER_SECONDS",
     "idle_poll_max_s": "EAS_IDLE_POLL_MAX_SECONDS",
+    "queue_notifications": "EAS_QUEUE_NOTIFICATIONS",
     "s3_endpoint_url": "EAS_S3_ENDPOINT_URL",
 }
 
@@ -63,6 +64,8 @@ class Settings:
     #: (on PostgreSQL a notification wakes it at once when work is queued)
     idle_after_s: float = 60.0
     idle_poll_max_s: float = 15.0
+    #: PostgreSQL: idle workers LISTEN for the NOTIFY sent when work is queued (off: a pooler in transaction mode)
+    queue_notifications: bool = True
     task_type_files: list[str] = dataclasses.field(default_factory=list)
     api_tokens: list[str] = dataclasses.field(default_factory=list)  # bearer tokens the REST API accepts for writes
     #: the S3 service of s3:// URIs (an S3-compatible store); None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
@@ -81,9 +84,21 @@ def default_settings_path(environ: Mapping[str, str]) -> str:
     return os.path.join(data_dir, "settings.yaml")
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     field_types = {"lease_seconds": float, "max_attempts": int, "max_lost_attempts": int, "scheduler_interval": float,
-                   "retry_backoff_s": float, "idle_after_s": float, "idle_poll_max_s": float}
+                   "retry_backoff_s": float, "idle_after_s": float, "idle_poll_max_s": float,
+                   "queue_notifications": _boolean}
     try:
         value = field_types.get(name, lambda v: v)(value)
     except (TypeError, ValueError):

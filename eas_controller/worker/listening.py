@@ -6,7 +6,8 @@ For ``idle_after_s`` (60 s) after it last claimed or ran anything, an idle worke
 listener thread holds one more connection in ``LISTEN eas_queue``; every transaction that queues SQL-queue
 rows sends ``NOTIFY eas_queue`` (:func:`eas_controller.store.sql_queue.insert`), and the listener wakes the
 main loop at once, so a long-idle worker still picks up new work without delay; the long wait is then only
-a safety poll. Elsewhere (MariaDB/MySQL, SQLite) the first task after a long idle period waits up to
+a safety poll (setting ``queue_notifications`` false: no listener, e.g. behind a pooler in transaction
+mode, which cannot keep a ``LISTEN``). Elsewhere (MariaDB/MySQL, SQLite) the first task after a long idle period waits up to
 ``idle_poll_max_s``. Work that becomes claimable without a new queue row (a concurrency-limit slot freed by
 a completion) is found by the next poll.
 """
@@ -44,7 +45,8 @@ class IdleWaitMixin:
 
     # -- PostgreSQL: LISTEN ------------------------------------------------------------------------------
     def _start_listener(self) -> None:
-        if self.queue.name != "sql" or not dialects.has_notifications(self.engine):
+        if (self.queue.name != "sql" or not self.settings.queue_notifications
+                or not dialects.has_notifications(self.engine)):
             return
         self.listener_thread = threading.Thread(target=self._listen, name="listener", daemon=True)
         self.listener_thread.start()
