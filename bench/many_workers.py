@@ -274,7 +274,9 @@ def measure(url: str, server_pids: list[int], workers: int, idle_s: float, sleep
         time.sleep(min(5.0, idle_s))
         results += _probe_results("idle", probe.stop(), workers)
 
-        job = fleet.submit([{"task": "sleep", "seconds": sleep_s + 3} for _ in range(workers)])
+        # long-idle workers (--idle-after) take up to idle_poll_max_s (15 s) to claim: long enough for all to start
+        job = fleet.submit([{"task": "sleep", "seconds": sleep_s + 3 + (20 if idle_after is not None else 0)}
+                            for _ in range(workers)])
         fleet.wait(job, workers, ("running", "done"), 180)
         if fleet.count_in_state(job, ("done",)):
             raise RuntimeError("the long tasks ended before all %d workers ran one: the machine is too slow" % workers)
