@@ -27,7 +27,8 @@ class IdleWaitMixin:
     def _init_idle_wait(self) -> None:
         self.idle_after = self.settings.idle_after_s
         self.idle_poll_max = max(self.poll_interval, self.settings.idle_poll_max_s)
-        self.long_idle = Backoff(self.poll_interval, self.idle_poll_max)
+        # jittered: workers started together would otherwise all poll in the same instant, every time
+        self.long_idle = Backoff(self.poll_interval, self.idle_poll_max, jitter=0.5)
         self.active_at = time.time()  # last claim, or last round with attempts running or waiting
         self.notifications = 0  # wake-ups by the listener (for the closing log line and the tests)
         self.listener_thread: threading.Thread | None = None
@@ -41,7 +42,7 @@ class IdleWaitMixin:
         delay = self.idle.next()
         if time.time() - self.active_at < self.idle_after:
             return delay
-        return max(delay, self.long_idle.next())
+        return max(delay, min(self.idle_poll_max, self.long_idle.next()))
 
     # -- PostgreSQL: LISTEN ------------------------------------------------------------------------------
     def _start_listener(self) -> None:
