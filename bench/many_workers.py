@@ -51,7 +51,8 @@ def global_status(engine) -> dict[str, int]:
 class Fleet:
     """A scheduler and ``count`` one-slot workers on ``url``."""
 
-    def __init__(self, url: str, count: int, work_dir: str, lease_seconds: float | None = None):
+    def __init__(self, url: str, count: int, work_dir: str, lease_seconds: float | None = None,
+                 idle_after: float | None = None, scheduler: bool = True):
         from bench.common import fresh_schema
 
         self.url, self.count = url, count
@@ -62,7 +63,11 @@ class Fleet:
         os.makedirs(self.log_dir, exist_ok=True)
         self.environment = dict(os.environ, EAS_DB_URL=url, EAS_DATA_DIR=self.data_dir, EAS_QUEUE="sql",
                                 EAS_CONFIG=os.path.join(self.data_dir, "settings.yaml"), PYTHONUNBUFFERED="1")
-        self.processes: dict[str, subprocess.Popen] = {"scheduler": self._start("scheduler", "schedule_all_waiting_tasks")}
+        if idle_after is not None:
+            self.environment["EAS_IDLE_AFTER_SECONDS"] = str(idle_after)
+        self.processes: dict[str, subprocess.Popen] = {}
+        if scheduler:
+            self.processes["scheduler"] = self._start("scheduler", "schedule_all_waiting_tasks")
         extra = ["--lease-seconds", str(lease_seconds)] if lease_seconds else []
         for number in range(count):
             self.processes["worker %d" % number] = self._start(
@@ -249,20 +254,29 @@ def _probe_results(phase: str, timings: list[float], workers: int) -> list[Resul
 
 
 def measure(url: str, server_pids: list[int], workers: int, idle_s: float, sleep_s: float, short_tasks: int,
-            work_dir: str) -> list[Result]:
-    fleet = Fleet(url, workers, work_dir)
+            work_dir: str, idle_after: float | None = None, with_scheduler: bool = True) -> list[Result]:
+    fleet = Fleet(url, workers, work_dir, idle_after=idle_after)
     results = []
     try:
         probe = ClaimProbe(fleet, 400)
-        time.sleep(3)  # past the start-up claims: the idle workers' waits have backed off
-        with Window(fleet, server_pids) as idle:
-            time.sleep(idle_s)
-        results += _phase_results("idle", idle, workers)
+        # past the start-up claims: the idle workers' waits have backed off (with --idle-after, to their longest)
+        time.sleep(3 if idle_after is None else idle_after + 30)
+        scheduler = fleet.processes["scheduler"]
+        if not with_scheduler:  # the workers' own cost alone (nothing to schedule meanwhile)
+            scheduler.send_signal(signal.SIGSTOP)
+        try:
+            with Window(fleet, server_pids) as idle:
+                time.sleep(idle_s)
+        finally:
+            scheduler.send_signal(signal.SIGCONT)
+        results += _phase_results("idle", idle, workers, dict(idle_after_s=idle_after, scheduler=with_scheduler))
         probe.start(0.05)
         time.sleep(min(5.0, idle_s))
         results += _probe_results("idle", probe.stop(), workers)
 
-        job = fleet.submit([{"task": "sleep", "seconds": sleep_s + 3} for _ in range(workers)])
+        # long-idle workers (--idle-after) take up to idle_poll_max_s (15 s) to claim: long enough for all to start
+        job = fleet.submit([{"task": "sleep", "seconds": sleep_s + 3 + (20 if idle_after is not None else 0)}
+                            for _ in range(workers)])
         fleet.wait(job, workers, ("running", "done"), 180)
         if fleet.count_in_state(job, ("done",)):
             raise RuntimeError("the long tasks ended before all %d workers ran one: the machine is too slow" % workers)
@@ -308,7 +322,8 @@ def measure(url: str, server_pids: list[int], workers: int, idle_s: float, sleep
 
 
 def run(services: Services, quick: bool = True, workers: int | None = None, idle_s: float | None = None,
-        sleep_s: float | None = None, short_tasks: int | None = None, shared: bool = False) -> list[Result]:
+        sleep_s: float | None = None, short_tasks: int | None = None, shared: bool = False,
+        idle_after: float | None = None, with_scheduler: bool = True) -> list[Result]:
     """Quick: 50 workers, 15 s idle, 15 s of long tasks, 2,000 short tasks; full: 100 workers, 30 s, 30 s, 10,000."""
     from bench.cpu import server_pids
     from bench.private_servers import PrivateMariaDB
@@ -331,7 +346,7 @@ def run(services: Services, quick: bool = True, workers: int | None = None, idle
             if reason:
                 return [Result.skipped("many_workers", name, "mariadb", reason, processes=workers)]
             url, pids = services.mysql_url, server_pids("mariadb")
-        results = measure(url, pids, workers, idle_s, sleep_s, short_tasks, work_dir)
+        results = measure(url, pids, workers, idle_s, sleep_s, short_tasks, work_dir, idle_after, with_scheduler)
         for result in results:
             result.extra.setdefault("server", "private" if private else "shared")
         return results
@@ -358,10 +373,16 @@ def main(argv=None) -> int:
     parser.add_argument("--busy-seconds", type=float, help="length of the long-task window")
     parser.add_argument("--short-tasks", type=int, help="null tasks in the short-task phase")
     parser.add_argument("--shared", action="store_true", help="use the shared server (EAS_BENCH_MYSQL_URL), not a private one")
+    parser.add_argument("--idle-after", type=float,
+                        help="the workers' idle_after_s (default: theirs, 60): with it, the idle window starts once "
+                             "their waits have grown to idle_poll_max_s (30 s after idle_after_s)")
+    parser.add_argument("--idle-without-scheduler", action="store_true",
+                        help="pause the scheduler (SIGSTOP) during the idle window: the workers' own cost alone")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     results = run(Services.from_environment(database_suffix="_many_workers"), args.quick, args.workers,
-                  args.idle_seconds, args.busy_seconds, args.short_tasks, args.shared)
+                  args.idle_seconds, args.busy_seconds, args.short_tasks, args.shared, args.idle_after,
+                  not args.idle_without_scheduler)
     print_results(results)
     if args.json:
         with open(args.json, "w") as handle:

@@ -33,6 +33,9 @@ ENVIRONMENT_VARIABLES = {
     "max_lost_attempts": "EAS_MAX_LOST_ATTEMPTS",
     "retry_backoff_s": "EAS_RETRY_BACKOFF_SECONDS",
     "scheduler_interval": "EAS_SCHEDULER_INTERVAL",
+    "idle_after_s": "EAS_IDLE_AFTER_SECONDS",
+    "idle_poll_max_s": "EAS_IDLE_POLL_MAX_SECONDS",
+    "queue_notifications": "EAS_QUEUE_NOTIFICATIONS",
     "s3_endpoint_url": "EAS_S3_ENDPOINT_URL",
 }
 
@@ -57,6 +60,12 @@ class Settings:
     max_lost_attempts: int = 3  # attempts a task may lose with its worker (lease expired) before it fails
     retry_backoff_s: float = 5.0  # wait before the 2nd attempt of a task; doubles for each further one
     scheduler_interval: float = 0.5
+    #: a worker that claimed nothing for idle_after_s polls less and less often, up to every idle_poll_max_s
+    #: (on PostgreSQL a notification wakes it at once when work is queued)
+    idle_after_s: float = 60.0
+    idle_poll_max_s: float = 15.0
+    #: PostgreSQL: idle workers LISTEN for the NOTIFY sent when work is queued (off: a pooler in transaction mode)
+    queue_notifications: bool = True
     task_type_files: list[str] = dataclasses.field(default_factory=list)
     api_tokens: list[str] = dataclasses.field(default_factory=list)  # bearer tokens the REST API accepts for writes
     #: the S3 service of s3:// URIs (an S3-compatible store); None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
@@ -75,9 +84,21 @@ def default_settings_path(environ: Mapping[str, str]) -> str:
     return os.path.join(data_dir, "settings.yaml")
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     field_types = {"lease_seconds": float, "max_attempts": int, "max_lost_attempts": int, "scheduler_interval": float,
-                   "retry_backoff_s": float}
+                   "retry_backoff_s": float, "idle_after_s": float, "idle_poll_max_s": float,
+                   "queue_notifications": _boolean}
     try:
         value = field_types.get(name, lambda v: v)(value)
     except (TypeError, ValueError):
@@ -97,7 +118,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                           % (source, redact_url(str(value))))
     if name in ("lease_seconds", "scheduler_interval", "max_attempts", "max_lost_attempts") and value <= 0:
         raise ConfigError("%s: setting %r must be positive, not %r" % (source, name, value))
-    if name == "retry_backoff_s" and value < 0:
+    if name in ("retry_backoff_s", "idle_after_s", "idle_poll_max_s") and value < 0:
         raise ConfigError("%s: setting %r must not be negative, not %r" % (source, name, value))
     return value
 

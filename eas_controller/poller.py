@@ -65,8 +65,12 @@ class Poller:
             if outcome:
                 self.idle.reset()
                 continue
-            if self.wake.wait(self.idle.next()):
+            if self.wake.wait(self.idle_delay()):
                 self.idle.reset()
+
+    def idle_delay(self) -> float:
+        """How long an idle round waits (unless ``wake`` is set): the idle backoff's next step."""
+        return self.idle.next()
 
     def on_signal(self, signum: int) -> None:
         self.log.info("%s received: stopping", signal.Signals(signum).name)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, REQUIRE_SERVICES
 
-from bench import end_to_end, limits, many_workers, peers, pg_churn, queue_claim, run_all, scale, seed_claim
+from bench import end_to_end, idle_listen, limits, many_workers, peers, pg_churn, queue_claim, run_all, scale, seed_claim
 from bench.common import Result, Services, is_well_formed, unavailable_reason
 
 REQUIRED = ("mariadb", "postgresql", "amqp")  # what CI provides; Redis (for RQ) is optional
@@ -127,6 +127,26 @@ def test_pg_churn(services):
         assert churned.jobs == 3000 and ratio.unit == "ratio"
         assert abs(ratio.value - churned.value / fresh.value) < 1e-9
         assert churned.extra["churned_table"]["n_live_tup"] is not None
+
+
+def test_pg_churn_with_the_scheduler_maintenance_and_without(services):
+    for scheduler in (True, False):
+        results = pg_churn.run(services, rows=3000, claims=5, scheduler=scheduler)
+        check(results, {"pg_churn"})
+        if results[0].value is not None:
+            extra = results[-1].extra
+            assert extra["scheduler_maintenance"] is scheduler and extra["fresh_claim_buffers"] >= 1
+            assert scheduler or extra["scheduler_vacuums"] == 0
+
+
+def test_idle_listen(services):
+    results = idle_listen.run(services, workers=2, window_s=1.0, pickups=1, settle_s=1.0)
+    check(results, {"idle_listen"})
+    if results[0].value is not None:
+        names = [r.name for r in results]
+        for mode in ("poll", "listen"):
+            assert "idle (%s): transactions per worker-second" % mode in names, names
+        assert all(r.processes == 2 and r.value >= 0 for r in results)
 
 
 def test_targets_table_and_docs(tmp_path, services):

@@ -107,7 +107,7 @@ def test_a_version_1_database_is_upgraded_without_losing_a_row_and_runs_a_new_pi
     assert "init_schema.py" in refused.stderr, refused.stderr
 
     upgraded = blank.script("database_initialisation/init_schema.py", "--upgrade")
-    assert "upgraded schema version 1 to schema version %d (revisions 0002, 0003, 0004, 0005)" % schema.SCHEMA_VERSION \
+    assert "upgraded schema version 1 to schema version %d (revisions 0002, 0003, 0004, 0005, 0006)" % schema.SCHEMA_VERSION \
         in upgraded.stdout, upgraded.stdout
     assert manage.schema_version(engine) == schema.SCHEMA_VERSION
     assert migrate.current_revision(engine) == migrate.head()
@@ -148,7 +148,7 @@ def test_a_version_2_database_made_before_the_revisions_is_stamped_then_upgraded
     with blank.engine.begin() as connection:
         connection.execute(sa.text("DROP TABLE %s" % migrate.VERSION_TABLE))
     upgraded = blank.script("database_initialisation/init_schema.py", "--upgrade")
-    assert "upgraded schema version 2 to schema version %d (revisions 0003, 0004, 0005)" % schema.SCHEMA_VERSION \
+    assert "upgraded schema version 2 to schema version %d (revisions 0003, 0004, 0005, 0006)" % schema.SCHEMA_VERSION \
         in upgraded.stdout, upgraded.stdout
     assert "labels" in {column["name"] for column in sa.inspect(blank.engine).get_columns("eas_workers")}
 
@@ -172,3 +172,27 @@ def test_a_database_newer_than_the_code_is_refused_in_one_line(blank):
         % (schema.SCHEMA_VERSION + 1, schema.SCHEMA_VERSION)], refused.stderr
     both = blank.script("database_initialisation/init_schema.py", "--upgrade", "--reset", "--yes", check=False)
     assert both.returncode == 2 and "not both" in both.stderr, both.stderr
+
+
+def test_the_queue_table_gets_its_autovacuum_settings_on_a_new_and_an_upgraded_database(blank):
+    """PostgreSQL: eas_sql_queue and eas_workers are vacuumed after a fixed number of dead rows, set by
+    init_schema on a new database and by revision 0006 on an older one; the other back ends have none."""
+    from eas_controller.database.dialects import HIGH_CHURN_TABLES, table_settings
+
+    def settings(table):
+        with blank.engine.connect() as connection:
+            return table_settings(connection, table)
+
+    wanted = {table: {name: str(value) for name, value in parameters.items()}
+              for table, parameters in HIGH_CHURN_TABLES.items()}
+    expected = wanted if blank.backend == "postgresql" else {table: {} for table in wanted}
+    created = blank.script("database_initialisation/init_schema.py", "--upgrade")
+    assert "created schema version %d" % schema.SCHEMA_VERSION in created.stdout, created.stdout
+    assert {table: settings(table) for table in wanted} == expected
+
+    drop_everything(blank.engine)
+    migrate.upgrade(blank.engine, "0005")
+    assert {table: settings(table) for table in wanted} == {table: {} for table in wanted}
+    upgraded = blank.script("database_initialisation/init_schema.py", "--upgrade")
+    assert "(revisions 0006)" in upgraded.stdout, upgraded.stdout
+    assert {table: settings(table) for table in wanted} == expected

@@ -38,6 +38,10 @@ def build_parser():
     parser.add_argument("--lease-seconds", type=float, default=None,
                         help="lease length (default: setting lease_seconds / EAS_LEASE_SECONDS, 60)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="longest idle wait between claims (s)")
+    parser.add_argument("--idle-poll-max", type=float, default=None,
+                        help="after idle_after_s (default 60) without a claim, the idle wait grows from "
+                             "--poll-interval up to this (default: setting idle_poll_max_s / "
+                             "EAS_IDLE_POLL_MAX_SECONDS, 15; PostgreSQL wakes the worker at once when work is queued)")
     parser.add_argument("--keep-scratch", action="store_true", help="keep each attempt's scratch folder")
     parser.add_argument("--prefetch", type=int, default=50,
                         help="for task types whose recent attempts took under 0.25 s: attempts claimed ahead per slot, "
@@ -57,7 +61,7 @@ def work(args) -> int:
     from eas_controller.worker.service import Worker
 
     cli.setup_logging(args.verbose)
-    settings = cli.settings_from(args, lease_seconds=args.lease_seconds)
+    settings = cli.settings_from(args, lease_seconds=args.lease_seconds, idle_poll_max_s=args.idle_poll_max)
     for note in cli.seed_database_notes(args):
         print("note: %s" % note)
     for flag in ("concurrency", "cpus", "memory_gb"):

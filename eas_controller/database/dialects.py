@@ -123,3 +123,118 @@ def insert_ignoring_duplicates(connection: Connection, table: sa.Table, rows: li
         statement = table.insert().prefix_with("OR IGNORE")
     for chunk in chunks(rows):
         connection.execute(statement, chunk)
+
+
+#: Per-table autovacuum settings of the tables whose rows turn over all the time (PostgreSQL). Every claim
+#: deletes ``eas_sql_queue`` rows and every heartbeat rewrites a ``eas_workers`` row; as shipped, autovacuum
+#: waits for 20% of a table to be dead, and the claim's index scan starts right where the dead entries of
+#: a queue table sit. These tables stay small, so vacuuming them after a fixed number of dead rows, without
+#: the cost-based pauses, takes milliseconds.
+HIGH_CHURN_TABLES = {
+    "eas_sql_queue": dict(autovacuum_vacuum_scale_factor=0, autovacuum_vacuum_threshold=1000,
+                          autovacuum_vacuum_insert_scale_factor=0, autovacuum_vacuum_insert_threshold=1000,
+                          autovacuum_analyze_scale_factor=0, autovacuum_analyze_threshold=1000,
+                          autovacuum_vacuum_cost_delay=0),
+    "eas_workers": dict(autovacuum_vacuum_scale_factor=0, autovacuum_vacuum_threshold=200,
+                        autovacuum_vacuum_cost_delay=0),
+}
+
+
+def has_table_vacuum(bind: Connection | Engine) -> bool:
+    """Whether deleted and updated rows stay behind as dead tuples until a VACUUM (PostgreSQL)."""
+    return family(bind) == "postgresql"
+
+
+def tune_autovacuum(connection: Connection, reset: bool = False) -> None:
+    """Set (or, with ``reset``, remove) :data:`HIGH_CHURN_TABLES`' autovacuum settings; nothing elsewhere."""
+    if not has_table_vacuum(connection):
+        return
+    for table, parameters in HIGH_CHURN_TABLES.items():
+        if reset:
+            connection.exec_driver_sql("ALTER TABLE %s RESET (%s)" % (table, ", ".join(parameters)))
+        else:
+            connection.exec_driver_sql("ALTER TABLE %s SET (%s)" % (
+                table, ", ".join("%s = %s" % item for item in parameters.items())))
+
+
+def table_settings(connection: Connection, table: str) -> dict[str, str]:
+    """A table's storage parameters (PostgreSQL's ``reloptions``; empty elsewhere)."""
+    if not has_table_vacuum(connection):
+        return {}
+    options = connection.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = :table"),
+                                 dict(table=table)).scalar()
+    return dict(option.split("=", 1) for option in options or [])
+
+
+def dead_rows(engine: Engine, table: str) -> int | None:
+    """Dead tuples the server counts in ``table`` (PostgreSQL; None elsewhere). One cheap statistics read."""
+    if not has_table_vacuum(engine):
+        return None
+    with engine.connect() as connection:
+        return connection.execute(sa.text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = :table"),
+                                  dict(table=table)).scalar()
+
+
+def vacuum(engine: Engine, table: str) -> None:
+    """``VACUUM (ANALYZE)`` one table, outside a transaction as PostgreSQL requires (nothing elsewhere)."""
+    if not has_table_vacuum(engine):
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM (ANALYZE) %s" % table)
+
+
+#: The channel on which transactions that queue SQL-queue rows notify idle workers (PostgreSQL).
+QUEUE_CHANNEL = "eas_queue"
+
+
+def has_notifications(bind: Connection | Engine) -> bool:
+    """Whether the server can wake listening workers when work is queued (PostgreSQL ``LISTEN``/``NOTIFY``,
+    through psycopg 3)."""
+    return family(bind) == "postgresql" and bind.dialect.driver == "psycopg"
+
+
+def notify_queued(connection: Connection) -> None:
+    """``NOTIFY`` the queue channel; delivered when (and only if) this transaction commits, once per
+    transaction however often it is called. Nothing elsewhere."""
+    if has_notifications(connection):
+        connection.exec_driver_sql("NOTIFY %s" % QUEUE_CHANNEL)
+
+
+class QueueListener:
+    """One connection of its own that ``LISTEN``s on the queue channel (PostgreSQL only; see
+    :func:`has_notifications`). :meth:`wait` blocks until a notification arrives or ``timeout`` passes;
+    it sends no statement while it waits. A lost connection is reopened on the next :meth:`wait`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.connection = None  # the psycopg connection, outside the engine's pool
+
+    def _open(self) -> None:
+        raw = self.engine.raw_connection()
+        connection = raw.driver_connection
+        raw.detach()  # never returned to the pool: it stays in LISTEN for this worker's lifetime
+        connection.rollback()
+        connection.autocommit = True
+        connection.execute("LISTEN %s" % QUEUE_CHANNEL)
+        self.connection = connection
+
+    def wait(self, timeout: float) -> bool:
+        """True when a notification arrived (one is consumed), False on timeout. Raises the
+        driver's error when the connection is lost (after closing it)."""
+        try:
+            if self.connection is None:
+                self._open()
+            for _notification in self.connection.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - already gone
+                pass

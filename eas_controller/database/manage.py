@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eas_controller.database import migrate, schema
+from eas_controller.database import dialects, migrate, schema
 from eas_controller.database.engine import DatabaseError, check_server_version, write_transaction
 
 
@@ -33,6 +33,7 @@ def create_schema(engine: Engine) -> str:
     if existing is None:
         schema.metadata_obj.create_all(engine)
         with write_transaction(engine) as connection:
+            dialects.tune_autovacuum(connection)  # what revision 0006 sets on an older database
             migrate.record_version(connection, schema.SCHEMA_VERSION)
         migrate.stamp(engine, migrate.head())
         return "created schema version %d" % schema.SCHEMA_VERSION

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Long JSON documents: TEXT is only 64 KiB on MySQL.
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")

@@ -18,6 +18,7 @@ from eas_controller import metrics
 from eas_controller.capacity import describe_unmet, unmet_needs
 from eas_controller.database.engine import is_retryable, read_transaction
 from eas_controller.poller import Poller
+from eas_controller.scheduler.maintenance import QueueVacuum
 from eas_controller.scheduler.passes import Scheduler
 from eas_controller.scheduler.status import StatusCounts, status_line
 
@@ -39,11 +40,13 @@ class SchedulerDaemon(Poller):
         self.counts = StatusCounts(engine)
         self._unmet_checked = 0.0
         self._unmet_said = ("", 0.0)
+        self.queue_vacuum = QueueVacuum(engine)
 
     def poll(self) -> bool:
         started = time.time()
         result = self.scheduler.run_pass()
         metrics.scheduler_pass(result)
+        self.queue_vacuum.run_if_due()
         if result.did_something or self.verbose:
             log.info("pass: %s (%.2f s)", status_line(self.engine, result, self.counts.get()), time.time() - started)
         elif time.time() - self._unmet_checked > UNMET_CHECK_S:

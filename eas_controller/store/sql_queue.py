@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eas_controller import states
+from eas_controller.database.dialects import notify_queued
 from eas_controller.database.engine import chunks
 from eas_controller.database.schema import attempts, sql_queue, tasks
 from eas_controller.store import limits as limit_store
@@ -21,9 +22,11 @@ LIMIT_ROUNDS = 3
 
 
 def insert(connection: Connection, entries: list[dict]) -> None:
-    """Queue entries (attempt_id, task_type, priority) become rows."""
+    """Queue entries (attempt_id, task_type, priority) become rows; on PostgreSQL, listening idle workers are
+    notified when the transaction commits."""
     if not entries:
         return
+    notify_queued(connection)
     now = time.time()
     connection.execute(sql_queue.insert(), [
         dict(attempt_id=e["attempt_id"], task_type=e["task_type"], rank=-int(e.get("priority", 0)), enqueued_at=now,

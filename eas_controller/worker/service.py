@@ -41,6 +41,7 @@ from eas_controller.store import workers as worker_store
 from eas_controller.worker.attempt import RunningAttempt, first_line
 from eas_controller.worker.claiming import PREFETCH_HORIZON_S, ClaimingMixin
 from eas_controller.worker.heartbeat import HeartbeatMixin
+from eas_controller.worker.listening import IdleWaitMixin
 from eas_controller.worker.neighbours import bury_dead_neighbours
 from eas_controller.worker.recording import MAX_GROUP, RecordingMixin
 from eas_controller.worker.resources import Capacity, detect_gpus
@@ -63,7 +64,7 @@ def cluster_labels() -> dict[str, str]:
     return {name.lower(): os.environ[name] for name in CLUSTER_VARIABLES if os.environ.get(name)}
 
 
-class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
+class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, IdleWaitMixin, Poller):
     log = log
 
     def __init__(self, settings: Settings, engine: Engine, queue: Queue, name: str | None = None, concurrency: int = 1,
@@ -114,6 +115,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         self.counts = dict(succeeded=0, failed=0, lost=0, released=0)
         self.transactions = dict(claims=0, claimed=0, recordings=0, recorded=0)  # for the closing log line
         self._retry_logged_at = 0.0
+        self._init_idle_wait()
 
     # -- set-up ------------------------------------------------------------------------------------------
     def load_types(self) -> None:
@@ -187,6 +189,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         recorder.start()
         self.cleaner = threading.Thread(target=self._clean_loop, name="cleaner", daemon=True)
         self.cleaner.start()
+        self._start_listener()
         try:
             self.run_loop()
         finally:
@@ -200,6 +203,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
         self._dispatch()
         claimed = self._claim()
         self._dispatch()
+        self._note_activity(claimed)
         if not claimed and self.burst and not self.running and not self._work_may_come():
             return STOP
         return claimed
@@ -256,5 +260,6 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, Poller):
             pass
         done = self.transactions
         log.info("worker %s stopped: %s; %d attempt(s) claimed in %d claim(s), %d result(s) recorded in %d "
-                 "transaction(s)", self.name, ", ".join("%d %s" % (v, k) for k, v in self.counts.items()),
-                 done["claimed"], done["claims"], done["recorded"], done["recordings"])
+                 "transaction(s); woken %d time(s) by queue notifications", self.name,
+                 ", ".join("%d %s" % (v, k) for k, v in self.counts.items()),
+                 done["claimed"], done["claims"], done["recorded"], done["recordings"], self.notifications)

@@ -1,0 +1,30 @@
+"""Schema version 6: autovacuum settings of the high-churn tables.
+
+On PostgreSQL, ``eas_sql_queue`` (a row deleted by every claim) and ``eas_workers`` (a row rewritten by
+every heartbeat) are vacuumed after a fixed number of dead rows rather than 20% of the table, without the
+cost-based pauses (:data:`eas_controller.database.dialects.HIGH_CHURN_TABLES`). No change on SQLite or
+MariaDB/MySQL, apart from the version number.
+
+Revision ID: 0006
+Revises: 0005
+"""
+
+from alembic import op
+
+from eas_controller.database.dialects import tune_autovacuum
+from eas_controller.database.migrate import record_version
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    tune_autovacuum(op.get_bind())
+    record_version(op.get_bind(), 6)
+
+
+def downgrade() -> None:
+    tune_autovacuum(op.get_bind(), reset=True)
+    record_version(op.get_bind(), 5)
