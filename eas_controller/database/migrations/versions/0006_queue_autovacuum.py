@@ -16,8 +16,6 @@ from eas_controller.database.migrate import record_version
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
