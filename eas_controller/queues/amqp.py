@@ -10,6 +10,10 @@
   running, with a lease) and only then acks. From there the lease protects the task, so a long task
   never meets RabbitMQ's consumer timeout. A message whose attempt is no longer ``queued`` (a duplicate,
   a redelivery after a crash, a cancelled task) is acked and dropped: consuming is idempotent.
+- A claim waits up to ``consume_wait`` for a first delivery, unless the worker has attempts at hand
+  (claimed ahead, waiting for its slots: ``claim(wait=False)``); then it waits only until its consumers
+  run (the broker's consume-ok: what their queues hold follows it) and returns what came. Waiting there,
+  on an empty queue, held the backlog back from the slots for that long at every claim.
 - After each claim the worker cancels its consumers (they start again, with the new number of free
   slots, at its next claim), so a busy worker holds no messages that an idle one could run; a keepalive
   thread answers the broker's heartbeats while it is busy.
