@@ -209,8 +209,16 @@ class AmqpQueue(Queue):
                 # free slots changed: stop consuming (before acking, or the ack would make room for another
                 # delivery to a consumer about to go) and give back what arrived beyond the limit
                 self._stop_consuming()
-                for delivery in taken:  # the claim is committed: from here the lease protects the task
-                    delivery.channel.basic_ack(delivery.tag)
+                # the claim is committed: from here the lease protects the task. One cumulative ack per
+                # channel: below its highest taken tag, every other delivery of that channel was settled
+                # before (given back just now, or refused by pika after an earlier cancel)
+                last: dict[int, tuple] = {}
+                for delivery in taken:
+                    number = delivery.channel.channel_number
+                    if delivery.tag > last.get(number, (0, None))[0]:
+                        last[number] = (delivery.tag, delivery.channel)
+                for tag, channel in last.values():
+                    channel.basic_ack(tag, multiple=True)
                 self.broker.connection.process_data_events(0)  # send the acks now
             except connection_errors() as error:
                 self._lost_connection(error)
