@@ -396,3 +396,47 @@ def test_lost_broker_connection_is_retried(tmp_path, cleanup):
     ran = executions(order_log)
     assert len(ran) == 320 and set(ran.values()) == {1}
     assert task_states(environment) == {"done": 320}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_idle_worker_gets_the_work_a_busy_one_claims_ahead_of(backend, tmp_path, cleanup):
+    """A worker that learnt a type is short claims ahead of its one busy slot, without waiting for deliveries,
+    and holds at most its claim-ahead (``--prefetch 2``) while a long task of that type runs: a second, idle
+    worker runs the rest, and nothing runs twice."""
+    environment = environment_for("amqp", backend, tmp_path)
+    cleanup(environment)
+    order_log = str(tmp_path / "ran.log")
+
+    def items(prefix: str, count: int, seconds: float = 0) -> list:
+        return [dict(task="record_order", name="%s%d" % (prefix, n), order_log=order_log, seconds=seconds)
+                for n in range(count)]
+
+    def done_by(name: str) -> int:
+        with read_transaction(environment.engine) as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(attempts).where(
+                attempts.c.worker_name == name, attempts.c.state == "succeeded")).scalar()
+
+    common = ("--concurrency", "1", "--cpus", "1", "--poll-interval", "0.2", "--task-types", "record_order")
+    busy = environment.start_worker(*common, "--prefetch", "2", "--name", "busy")
+    workers = [busy]
+    try:
+        submit(environment, items("warm", 30), job_name="warm")  # the busy worker learns the type is short
+        run_scheduler_until(environment, lambda: done_by("busy") == 30, 120, workers)
+        submit(environment, items("long", 1, seconds=600), job_name="long")
+        run_scheduler_until(environment, lambda: executions(order_log).get("long0"), 120, workers)
+        submit(environment, items("short", 20), job_name="short")
+        workers.append(environment.start_worker(*common, "--name", "idle"))
+        run_scheduler_until(environment, lambda: done_by("idle") >= 18, 120, workers)
+        ran = executions(order_log)
+        assert busy.poll() is None and ran["long0"] == 1
+        with read_transaction(environment.engine) as connection:
+            rows = connection.execute(sa.select(tasks.c.name, attempts.c.worker_name, attempts.c.state)
+                                      .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id))
+                                      .where(tasks.c.name.like("short%"))).all()
+    finally:
+        stop(workers)
+    assert len(rows) <= 20 and len({row.name for row in rows}) == len(rows)  # one attempt per task
+    on_busy = [row for row in rows if row.worker_name == "busy"]
+    assert len(on_busy) <= 2, on_busy  # held behind the long task: at most the claim-ahead
+    assert all(row.state == "running" for row in on_busy)
+    assert all(n == 1 for n in ran.values()), ran

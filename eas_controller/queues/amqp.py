@@ -10,6 +10,10 @@
   running, with a lease) and only then acks. From there the lease protects the task, so a long task
   never meets RabbitMQ's consumer timeout. A message whose attempt is no longer ``queued`` (a duplicate,
   a redelivery after a crash, a cancelled task) is acked and dropped: consuming is idempotent.
+- A claim waits up to ``consume_wait`` for a first delivery, unless the worker has attempts at hand
+  (claimed ahead, waiting for its slots: ``claim(wait=False)``); then it waits only until its consumers
+  run (the broker's consume-ok: what their queues hold follows it) and returns what came. Waiting there,
+  on an empty queue, held the backlog back from the slots for that long at every claim.
 - After each claim the worker cancels its consumers (they start again, with the new number of free
   slots, at its next claim), so a busy worker holds no messages that an idle one could run; a keepalive
   thread answers the broker's heartbeats while it is busy.
@@ -82,6 +86,7 @@ class AmqpQueue(Queue):
         self._consumers: dict[str, tuple] = {}  # task type -> (channel, consumer tag)
         self._prefetch = 0
         self._buffer: list[Delivery] = []
+        self._started: set[str] = set()  # task types whose consumer the broker confirmed (consume-ok)
         self._arrivals = 0
         self._all_types: list[str] = []
         self._all_types_at = 0.0
@@ -174,14 +179,15 @@ class AmqpQueue(Queue):
         return published
 
     # -- consuming side (workers) ----------------------------------------------------------------------
-    def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float) -> list[dict]:
+    def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float,
+              wait: bool = True) -> list[dict]:
         if limit < 1:
             return []
         types = sorted(task_types) if task_types is not None else self.registered_types()
         if not types or time.time() < self._retry_at:
             return []
         with self.broker.lock:
-            taken = self._receive(types, limit)
+            taken = self._receive(types, limit, wait)
         if not taken:
             return []
         ids = [delivery.attempt_id for delivery in taken if delivery.attempt_id is not None]
@@ -203,8 +209,16 @@ class AmqpQueue(Queue):
                 # free slots changed: stop consuming (before acking, or the ack would make room for another
                 # delivery to a consumer about to go) and give back what arrived beyond the limit
                 self._stop_consuming()
-                for delivery in taken:  # the claim is committed: from here the lease protects the task
-                    delivery.channel.basic_ack(delivery.tag)
+                # the claim is committed: from here the lease protects the task. One cumulative ack per
+                # channel: below its highest taken tag, every other delivery of that channel was settled
+                # before (given back just now, or refused by pika after an earlier cancel)
+                last: dict[int, tuple] = {}
+                for delivery in taken:
+                    number = delivery.channel.channel_number
+                    if delivery.tag > last.get(number, (0, None))[0]:
+                        last[number] = (delivery.tag, delivery.channel)
+                for tag, channel in last.values():
+                    channel.basic_ack(tag, multiple=True)
                 self.broker.connection.process_data_events(0)  # send the acks now
             except connection_errors() as error:
                 self._lost_connection(error)
@@ -216,14 +230,18 @@ class AmqpQueue(Queue):
             log.info("dropped %d message(s) whose attempt is no longer queued: %s", len(dropped), dropped[:20])
         return claimed
 
-    def _receive(self, types: list[str], limit: int) -> list[Delivery]:
-        """Up to ``limit`` deliveries (highest priority first), waiting briefly for the first one."""
+    def _receive(self, types: list[str], limit: int, wait: bool = True) -> list[Delivery]:
+        """Up to ``limit`` deliveries (highest priority first), waiting briefly for the first one; without
+        ``wait``, only until the consumers run (what their queues hold is then on its way)."""
         try:
-            self._consume(types, limit)
+            fresh = self._consume(types, limit)
             deadline = time.time() + self.consume_wait
             self.broker.connection.process_data_events(0)
-            while not self._buffer and time.time() < deadline:
-                self.broker.connection.process_data_events(0.005)
+            while (wait or fresh) and not self._buffer and time.time() < deadline:
+                if not wait and len(self._started) >= len(self._consumers):
+                    self.broker.connection.process_data_events(0.002)  # deliveries follow the consume-ok
+                    break
+                self.broker.connection.process_data_events(0.005 if wait else 0.001)
             if 0 < len(self._buffer) < limit:
                 self.broker.connection.process_data_events(0.002)  # the rest of a burst
         except (BrokerError,) + connection_errors() as error:
@@ -245,8 +263,9 @@ class AmqpQueue(Queue):
             self._all_types_at = time.time()
         return self._all_types
 
-    def _consume(self, types: list[str], limit: int) -> None:
-        """Consume the types' queues with prefetch = ``limit`` (the free slots)."""
+    def _consume(self, types: list[str], limit: int) -> bool:
+        """Consume the types' queues with prefetch = ``limit`` (the free slots); True if the consumers
+        started now."""
         if any(not channel.is_open or channel.channel_number in self.broker.interrupted
                for channel, _tag in self._consumers.values()):
             self._stop_consuming()  # closed by the broker (it requeued what that channel held), or queue deleted
@@ -255,7 +274,7 @@ class AmqpQueue(Queue):
         if self._consumers and (sorted(self._consumers) != types or self._prefetch != limit):
             self._stop_consuming()
         if self._consumers:
-            return
+            return False
         for task_type in types:
             self.broker.ensure_queue(task_type)
         self._prefetch = limit
@@ -264,8 +283,9 @@ class AmqpQueue(Queue):
                 channel.basic_qos(prefetch_count=limit)
                 self.broker.prefetch[channel.channel_number] = limit
             tag = channel.basic_consume(self.broker.queue_name(task_type), self._make_callback(task_type, channel),
-                                        auto_ack=False)
+                                        auto_ack=False, callback=lambda _frame, name=task_type: self._started.add(name))
             self._consumers[task_type] = (channel, tag)
+        return True
 
     def _make_callback(self, task_type: str, channel):
         def on_message(_channel, method, properties, body):
@@ -283,10 +303,10 @@ class AmqpQueue(Queue):
         for delivery in self._buffer:
             if delivery.channel.is_open:
                 delivery.channel.basic_nack(delivery.tag, requeue=True)
-        self._consumers, self._buffer = {}, []
+        self._consumers, self._buffer, self._started = {}, [], set()
 
     def _lost_connection(self, error: BaseException) -> None:
-        self._consumers, self._buffer = {}, []  # the broker requeues whatever was delivered but not acked
+        self._consumers, self._buffer, self._started = {}, [], set()  # the broker requeues whatever was delivered but not acked
         self.broker.close()
         delay = self._retry.next()
         self._retry_at = time.time() + delay

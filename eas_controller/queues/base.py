@@ -32,7 +32,10 @@ class Queue:
     def discard(self) -> None:
         """Forget what ``enqueue`` collected: the transaction that recorded it rolled back."""
 
-    def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float) -> list[dict]:
+    def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float,
+              wait: bool = True) -> list[dict]:
+        """``wait=False``: the caller has other work at hand (attempts claimed ahead): a carrier that waits
+        briefly for news of queued attempts returns at once instead."""
         raise NotImplementedError
 
     def remove(self, connection: Connection, attempt_ids: list[int]) -> None:

@@ -30,7 +30,8 @@ class SqlQueue(Queue):
     def enqueue(self, connection: Connection, entries: list[dict]) -> None:
         queue_store.insert(connection, entries)
 
-    def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float) -> list[dict]:
+    def claim(self, worker: dict, task_types: Iterable[str] | None, limit: int, lease_seconds: float,
+              wait: bool = True) -> list[dict]:
         task_types = sorted(task_types) if task_types is not None else None
         if limit < 1 or task_types == []:
             return []

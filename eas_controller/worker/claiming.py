@@ -44,7 +44,9 @@ class ClaimingMixin:
         all_types = self.type_filter is None and len(names) == len(self.types) == len(self.all_type_names)
         self.claiming_since = time.time()
         try:
-            claims = self.queue.claim(self.record, None if all_types else names, limit, self.lease_seconds)
+            # with attempts at hand, a claim does not wait for news of more (the backlog must reach the slots)
+            claims = self.queue.claim(self.record, None if all_types else names, limit, self.lease_seconds,
+                                      wait=not self.backlog)
             if claims:
                 self.transactions["claims"] += 1
                 self.transactions["claimed"] += len(claims)
