@@ -72,12 +72,34 @@ def guarded_update(connection: Connection, table: sa.Table, ids: Iterable[int], 
         current = current_states(connection, table, ids, owner=owner)
     movable = [row_id for row_id in ids if current.get(row_id) in sources]
     result = Moved(refused={row_id: current.get(row_id, MISSING) for row_id in ids if current.get(row_id) not in sources})
+    statement, parameters = _update_of(table, sources, values, owner)
     for chunk in chunks(movable):
-        statement = table.update().where(table.c.id.in_(chunk), table.c.state.in_(sources))
-        if owner is not None:
-            statement = statement.where(table.c.worker_id == owner)
-        changed = connection.execute(statement.values(**values)).rowcount
+        changed = connection.execute(statement, dict(parameters, ids=chunk)).rowcount
         if changed != len(chunk):
             raise StaleStates("%s: %d of %d locked rows matched" % (table.name, changed, len(chunk)))
         result.moved.extend(chunk)
     return result
+
+
+_UPDATES: dict[tuple, sa.Update] = {}
+
+
+def _update_of(table: sa.Table, sources: tuple[str, ...], values: dict, owner: int | None) -> tuple[sa.Update, dict]:
+    """The guarded UPDATE and its parameters (``ids`` still to add). Plain values are bound parameters, so the
+    statement is built once per table, sources and columns and SQLAlchemy reuses its cache key and compiled
+    form; values that are SQL expressions are part of the statement, built afresh each time."""
+    plain = {column: value for column, value in values.items() if not isinstance(value, sa.ClauseElement)}
+    parameters = {"v_" + column: value for column, value in plain.items()}
+    if owner is not None:
+        parameters["owner"] = owner
+    key = (table.name, tuple(sources), tuple(sorted(plain)), owner is not None)
+    statement = _UPDATES.get(key) if len(plain) == len(values) else None
+    if statement is None:
+        statement = table.update().where(table.c.id.in_(sa.bindparam("ids", expanding=True)), table.c.state.in_(sources))
+        if owner is not None:
+            statement = statement.where(table.c.worker_id == sa.bindparam("owner"))
+        statement = statement.values(**{column: sa.bindparam("v_" + column, type_=table.c[column].type) if column in plain
+                                        else value for column, value in values.items()})
+        if len(plain) == len(values):
+            _UPDATES[key] = statement
+    return statement, parameters

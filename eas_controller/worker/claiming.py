@@ -33,8 +33,10 @@ class ClaimingMixin:
 
     def _claim(self) -> int:
         """Claim for the free slots, plus attempts of short task types ahead of time; they join the backlog."""
-        names, limit = self.capacity.claimable(self.types)
         ahead = self._prefetch_room()
+        if ahead is None and self.capacity.free_slots < 1:
+            return 0  # every slot busy and the backlog full enough: nothing to claim
+        names, limit = self.capacity.claimable(self.types)
         if limit >= 1 and ahead and all(name in ahead[0] for name in names):
             limit += ahead[1]  # every type the free slots could take is short: claim ahead in the same query
         elif limit < 1 and ahead and self.capacity.free_slots < 1:
