@@ -64,7 +64,8 @@ class ClaimingMixin:
                 running = RunningAttempt(claim, task_type, None)
                 with self.running_lock:
                     self.running[running.attempt_id] = running
-                self.backlog.append(running)
+                with self.backlog_lock:
+                    self.backlog.append(running)
         finally:
             self.claiming_since = None
         return len(claims)
@@ -81,25 +82,39 @@ class ClaimingMixin:
             return None
         slowest = max(max(short.values()), 0.001)
         size = min(self.prefetch, int(PREFETCH_HORIZON_S / slowest)) * self.concurrency
+        self.refill_at = size // 2
         room = size - len(self.backlog)
         return (set(short), room) if room > 0 and len(self.backlog) <= size // 2 else None
 
     def _dispatch(self) -> None:
         """Hand backlog attempts to free slots, in claim order, while the next one fits the free capacity."""
         while self.backlog:
-            running = self.backlog[0]
-            if running.lost:  # taken away while it waited (cancelled, or its lease expired): never started
-                self.backlog.popleft()
+            with self.backlog_lock:
+                running = self.backlog.popleft() if self.backlog and self.backlog[0].lost else None
+            if running is not None:  # taken away while it waited (cancelled, or its lease expired): never started
                 self._forget(running)
                 self._report_lost(running)
                 self.counts["lost"] += 1
                 metrics.attempt_finished(running.task_type.name, LOST, None)
                 continue
-            if not self.capacity.fits(running.task_type):
+            running = self._take_from_backlog()
+            if running is None:
                 return
+            self.work.put(running)
+
+    def _take_from_backlog(self) -> RunningAttempt | None:
+        """The next backlog attempt, with its resources taken, if it fits the free capacity now. A slot that
+        finished calls this itself and goes straight on to the next short task: the main thread is woken
+        only to claim (the backlog is low) or to deal with what a slot cannot start."""
+        with self.backlog_lock:
+            if not self.backlog or self.backlog[0].lost or self.stopping.is_set():
+                return None
+            running = self.backlog[0]
+            if not self.capacity.fits(running.task_type):
+                return None
             self.backlog.popleft()
             running.gpu_ids = self.capacity.take(running.task_type)
-            self.work.put(running)
+            return running
 
     def _forget(self, running: RunningAttempt) -> None:
         with self.running_lock:
@@ -120,8 +135,9 @@ class ClaimingMixin:
 
     def _release_backlog(self) -> None:
         """Give back the attempts claimed ahead that no slot started (not failures; they run elsewhere)."""
-        waiting = list(self.backlog)
-        self.backlog.clear()
+        with self.backlog_lock:
+            waiting = list(self.backlog)
+            self.backlog.clear()
         if not waiting:
             return
         me, now = self.record["id"], time.time()

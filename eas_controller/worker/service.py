@@ -94,6 +94,8 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, IdleWait
         self.keep_scratch = keep_scratch
         self.prefetch = max(0, int(prefetch))
         self.backlog: collections.deque[RunningAttempt] = collections.deque()  # claimed, waiting for a slot
+        self.backlog_lock = threading.Lock()  # the main thread and the slots both take from the backlog
+        self.refill_at = 0  # a slot wakes the main thread to claim once the backlog is down to this
         self.durations: dict[str, float] = {}  # task type -> moving average of its attempts' slot time (s)
         # finished, waiting to be recorded; bounded, so that a SIGKILL loses at most this much finished work
         self.completions: queue_module.Queue = queue_module.Queue(maxsize=MAX_GROUP + self.concurrency)

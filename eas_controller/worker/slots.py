@@ -22,9 +22,10 @@ class SlotsMixin:
 
     def _slot(self) -> None:
         child = PythonChild(self.nice)
+        following = None  # the next attempt, taken from the backlog by this slot itself
         try:
             while True:
-                running = self.work.get()
+                running = following or self.work.get()
                 if running is None:
                     return
                 handed_over = False
@@ -36,7 +37,9 @@ class SlotsMixin:
                     self.capacity.give_back(running.task_type, running.gpu_ids)
                     if not handed_over:
                         self._forget(running)
-                    self.finished.set()
+                    following = self._take_from_backlog()
+                    if following is None or len(self.backlog) <= self.refill_at:
+                        self.finished.set()  # the main thread claims, or hands out what this slot could not take
         finally:
             child.close()
 
