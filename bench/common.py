@@ -365,6 +365,18 @@ def print_results(results: list[Result]) -> None:
     print(tabulate(rows, headers=("group", "measurement", "backend", "procs", "value", "unit", "dup", "note")))
 
 
+def report(results: list[Result], json_path: str | None = None) -> int:
+    """A benchmark script's ending: print the table, write the JSON file if asked; exit status 1 if a
+    measurement is missing (skipped or failed), else 0."""
+    import json
+
+    print_results(results)
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump([result.to_dict() for result in results], handle, indent=1, default=str)
+    return 0 if all(result.value is not None for result in results) else 1
+
+
 def format_value(value: float) -> str:
     if value >= 100:
         return "{:,.0f}".format(value)

@@ -123,9 +123,8 @@ def run(services: Services, workers: int = 10, window_s: float = 15.0, pickups: 
 
 def main(argv=None) -> int:
     import argparse
-    import json
 
-    from bench.common import print_results
+    from bench.common import report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=10, help="worker processes (default 10)")
@@ -136,11 +135,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = run(Services.from_environment(database_suffix="_idle_listen"), args.workers, args.window, args.pickups,
                   tuple(mode.strip() for mode in args.modes.split(",") if mode.strip()))
-    print_results(results)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([result.to_dict() for result in results], handle, indent=1, default=str)
-    return 0 if all(result.value is not None for result in results) else 1
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -362,9 +362,8 @@ def run(services: Services, quick: bool = True, workers: int | None = None, idle
 
 def main(argv=None) -> int:
     import argparse
-    import json
 
-    from bench.common import print_results
+    from bench.common import report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="50 workers, 15 s phases, 2,000 short tasks")
@@ -383,11 +382,7 @@ def main(argv=None) -> int:
     results = run(Services.from_environment(database_suffix="_many_workers"), args.quick, args.workers,
                   args.idle_seconds, args.busy_seconds, args.short_tasks, args.shared, args.idle_after,
                   not args.idle_without_scheduler)
-    print_results(results)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([result.to_dict() for result in results], handle, indent=1, default=str)
-    return 0 if all(result.value is not None for result in results) else 1
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -177,9 +177,8 @@ def run(services: Services, quick: bool = True, rows: int | None = None, claims:
 
 def main(argv=None) -> int:
     import argparse
-    import json
 
-    from bench.common import print_results
+    from bench.common import report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="churn 10^5 rows instead of 10^6")
@@ -191,11 +190,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = run(Services.from_environment(database_suffix="_pg_churn"), args.quick, args.rows, args.claims,
                   scheduler=not args.no_scheduler)
-    print_results(results)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([result.to_dict() for result in results], handle, indent=1, default=str)
-    return 0 if all(result.value is not None for result in results) else 1
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 from conftest import make_environment
-from test_submit_and_run import scheduler_running, submit, wait_for_workers
+from test_submit_and_run import run_named_workers, submit
 
 from eas_controller.database.schema import attempts, sql_queue, tasks, workers
 
@@ -33,16 +33,7 @@ def test_four_workers_drain_a_large_loop_exactly_once(eas_any, tmp_path):
     ]}, tmp_path)
     names = ["drain-%d" % number for number in range(1, WORKERS + 1)]
     started = time.time()
-    processes = [eas.start_worker("--burst", "--concurrency", "1", "--cpus", "1", "--poll-interval", "0.1", "--name", name)
-                 for name in names]
-    try:
-        with scheduler_running(eas):
-            wait_for_workers(processes, timeout=300)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    run_named_workers(eas, [["--concurrency", "1", "--cpus", "1", "--name", name] for name in names], timeout=300)
     elapsed = time.time() - started
 
     with eas.engine.connect() as connection:

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import PROJECT_ROOT, make_environment
 from fault_helpers import cluster_factory, wait_for  # noqa: F401 (fixture)
-from test_submit_and_run import scheduler_running, submit, wait_for_workers, write_chain
+from test_submit_and_run import run_named_workers, submit, write_chain
 
 from eas_controller.concurrency import LimitError, evaluate_key, parse_limit
 from eas_controller.database.engine import write_transaction
@@ -92,16 +92,8 @@ def test_four_workers_of_four_slots_never_run_more_than_two_of_a_limited_type(ba
         assert sorted(keys) == [("fault_sleep_write", None), ("limited_sleep", "limited_sleep")]
         assert declared == [("limited_sleep", 2)]
 
-        processes = [eas.start_worker("--burst", "--concurrency", str(SLOTS), "--cpus", str(SLOTS), "--poll-interval",
-                                      "0.1", "--name", "limit-%d" % number) for number in range(1, WORKERS + 1)]
-        try:
-            with scheduler_running(eas):
-                wait_for_workers(processes, timeout=300)
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        processes = run_named_workers(eas, [["--concurrency", str(SLOTS), "--cpus", str(SLOTS), "--name", "limit-%d" % number]
+                                            for number in range(1, WORKERS + 1)], timeout=300)
         logs = "".join(open(process.log_path).read() for process in processes)
         if queue == "amqp":  # deliveries beyond the limit were held back in SQL, then published again
             assert "held back" in logs and "whose concurrency limit is full" in logs, logs[-3000:]

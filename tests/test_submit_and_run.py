@@ -94,7 +94,12 @@ def worker_logs(processes) -> str:
 
 def run_workers(eas, count: int = 1, *args: str, timeout: float = 120) -> list:
     """Run ``count`` burst workers with a scheduler until nothing is left to do; returns the processes."""
-    processes = [eas.start_worker("--burst", "--poll-interval", "0.1", *args) for _ in range(count)]
+    return run_named_workers(eas, [list(args)] * count, timeout)
+
+
+def run_named_workers(eas, arguments: list[list[str]], timeout: float = 120) -> list:
+    """Run one burst worker per list of arguments, with a scheduler, until nothing is left to do."""
+    processes = [eas.start_worker("--burst", "--poll-interval", "0.1", *args) for args in arguments]
     try:
         with scheduler_running(eas):
             wait_for_workers(processes, timeout)

@@ -145,11 +145,12 @@ def has_table_vacuum(bind: Connection | Engine) -> bool:
     return family(bind) == "postgresql"
 
 
-def tune_autovacuum(connection: Connection, reset: bool = False) -> None:
-    """Set (or, with ``reset``, remove) :data:`HIGH_CHURN_TABLES`' autovacuum settings; nothing elsewhere."""
+def tune_autovacuum(connection: Connection, reset: bool = False, settings: dict | None = None) -> None:
+    """Set (or, with ``reset``, remove) autovacuum settings, {table: {parameter: value}} (default
+    :data:`HIGH_CHURN_TABLES`, what a new schema gets); nothing elsewhere."""
     if not has_table_vacuum(connection):
         return
-    for table, parameters in HIGH_CHURN_TABLES.items():
+    for table, parameters in (HIGH_CHURN_TABLES if settings is None else settings).items():
         if reset:
             connection.exec_driver_sql("ALTER TABLE %s RESET (%s)" % (table, ", ".join(parameters)))
         else:
