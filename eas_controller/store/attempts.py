@@ -159,13 +159,17 @@ def lock_for_completion(connection: Connection, attempt_ids: list[int]) -> dict[
     """The completion's fence: the attempts (state, worker, error text) and their tasks' states, all locked."""
     rows = {}
     for chunk in chunks(sorted(attempt_ids)):
-        for row in connection.execute(
-            sa.select(attempts.c.id, attempts.c.state, attempts.c.worker_id, attempts.c.error_text,
-                      attempts.c.task_id, tasks.c.state.label("task_state"))
-            .join(tasks, tasks.c.id == attempts.c.task_id).where(attempts.c.id.in_(chunk)).with_for_update()
-        ):
+        for row in connection.execute(_LOCK_FOR_COMPLETION, dict(ids=chunk)):
             rows[row.id] = row
     return rows
+
+
+_LOCK_FOR_COMPLETION = (
+    sa.select(attempts.c.id, attempts.c.state, attempts.c.worker_id, attempts.c.error_text,
+              attempts.c.task_id, tasks.c.state.label("task_state"))
+    .join(tasks, tasks.c.id == attempts.c.task_id).where(attempts.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .with_for_update()
+)
 
 
 _FINISH = (

@@ -152,7 +152,7 @@ def _run_task(request: dict, functions: dict) -> dict:
 
     if not _contexts:
         _contexts.append(_context_class())
-    saved_environment = dict(os.environ)
+    saved_environment = dict(os.environ._data)  # encoded keys and values: a plain copy, no decoding, no hooks
     saved_directory = os.getcwd()
     usage_before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -189,14 +189,16 @@ def _run_task(request: dict, functions: dict) -> dict:
 
 
 def _restore_environment(saved: dict) -> None:
-    """Put back the environment as it was before the task, touching only what changed (clearing and refilling
-    the whole environment costs a libc call per variable, per task)."""
-    current = dict(os.environ)
+    """Put back the environment as it was before the task (``saved``: ``os.environ._data`` then), touching
+    only what changed: clearing and refilling the whole environment costs a libc call per variable, per
+    task. Compared in the encoded form ``os.environ`` keeps, so nothing is decoded for what did not change."""
+    current = os.environ._data
+    decode = os.fsdecode
     for key in current.keys() - saved.keys():
-        del os.environ[key]
+        del os.environ[decode(key)]
     for key, value in saved.items():
         if current.get(key) != value:
-            os.environ[key] = value
+            os.environ[decode(key)] = decode(value)
 
 
 def _check_products(request: dict, functions: dict) -> dict:
