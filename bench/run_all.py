@@ -7,7 +7,7 @@ our queues' claim throughput (queue_claim.py), end to end with real scheduler an
 tasks (scale.py), PostgreSQL claims after 10^5/10^6 churned (pg_churn.py), 50/100 workers against one
 MariaDB (many_workers.py), and any other benchmark script in bench/ that the suite knows of (expansion.py,
 scheduler_scale.py) when it exists. Writes every result as JSON to bench/results/ and, with
---update-docs, the table into docs/performance.md. --quick takes under 10 minutes; the full run
+--update-docs, the table into docs/performance.md. --quick takes about 10 minutes; the full run
 (20,000-task end to end and peers, a 100,000-task run for peak memory) takes longer.
 """
 
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes: the whole suite in under 10 minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: the whole suite in about 10 minutes")
     parser.add_argument("--only", action="append", metavar="GROUP",
                         help="run only these groups: limits, seed, ours, end_to_end, peers, scale, pg_churn, "
                              "many_workers, expansion, scheduler_scale (repeatable)")
