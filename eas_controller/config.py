@@ -59,7 +59,7 @@ class Settings:
     max_attempts: int = 1  # attempts a task may fail of its own accord (exit status, exception, timeout)
     max_lost_attempts: int = 3  # attempts a task may lose with its worker (lease expired) before it fails
     retry_backoff_s: float = 5.0  # wait before the 2nd attempt of a task; doubles for each further one
-    scheduler_interval: float = 0.5
+    scheduler_interval: float = 0.25
     #: a worker that claimed nothing for idle_after_s polls less and less often, up to every idle_poll_max_s
     #: (on PostgreSQL a notification wakes it at once when work is queued)
     idle_after_s: float = 60.0

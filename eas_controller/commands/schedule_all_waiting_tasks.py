@@ -17,7 +17,7 @@ def build_parser():
     parser = cli.parser(__doc__, EPILOG)
     parser.add_argument("--once", action="store_true", help="run one pass and exit")
     parser.add_argument("--interval", type=float, default=None,
-                        help="seconds between passes when idle (default: setting scheduler_interval, 0.5)")
+                        help="seconds between passes when idle (default: setting scheduler_interval, 0.25)")
     parser.add_argument("--batch-size", type=int, default=1000, help="tasks promoted per transaction (default 1000)")
     parser.add_argument("--verbose", action="store_true", help="also log idle passes")
     cli.add_metrics_arguments(parser)

@@ -1,7 +1,8 @@
 """Idle waiting: how long an idle worker waits between claims, and (PostgreSQL) being woken when work is queued.
 
 For ``idle_after_s`` (60 s) after it last claimed or ran anything, an idle worker polls at most every
-``--poll-interval`` (1 s), as it always did. After that its wait doubles, from the poll interval up to
+``--poll-interval`` (1 s; each wait drawn between 0.75 and 1 times that, so that workers started together
+drift apart). After that its wait doubles, from the poll interval up to
 ``idle_poll_max_s`` (15 s): an idle fleet costs the database a fraction of the statements. On PostgreSQL a
 listener thread holds one more connection in ``LISTEN eas_queue``; every transaction that queues SQL-queue
 rows sends ``NOTIFY eas_queue`` (:func:`eas_controller.store.sql_queue.insert`), and the listener wakes the
@@ -14,11 +15,16 @@ a completion) is found by the next poll.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
 from eas_controller.backoff import Backoff
 from eas_controller.database import dialects
+
+
+#: An idle wait within the first ``idle_after_s`` is between (1 - POLL_SPREAD) and 1 times its nominal length.
+POLL_SPREAD = 0.25
 
 
 class IdleWaitMixin:
@@ -41,7 +47,10 @@ class IdleWaitMixin:
     def idle_delay(self) -> float:
         delay = self.idle.next()
         if time.time() - self.active_at < self.idle_after:
-            return delay
+            # never longer than the poll interval, and spread below it: workers started together (a Slurm
+            # array, a deployment) would otherwise poll in step, and the first of them to see new work
+            # would be, on average, as late as any one
+            return delay * (1.0 - POLL_SPREAD * random.random())
         return max(delay, min(self.idle_poll_max, self.long_idle.next()))
 
     # -- PostgreSQL: LISTEN ------------------------------------------------------------------------------
