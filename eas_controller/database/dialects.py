@@ -13,6 +13,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from eas_controller.database.engine import IN_LIST_SIZE, chunks
+from eas_controller.database.many_rows import split_constants
 
 MYSQL_FAMILY = ("mysql", "mariadb")
 
@@ -102,6 +103,14 @@ def insert_rows_returning_ids(connection: Connection, table: sa.Table, rows: lis
     if returns_ids_in_order(connection):
         ids = []
         for chunk in chunks(rows):
+            constants, varying = split_constants(connection, table, chunk)
+            if constants:
+                # MySQL family only. SQLAlchemy sends an ordered RETURNING with literals one row at a time;
+                # unordered it is one statement, and the auto-increment ids of one INSERT ascend in the
+                # order of its rows
+                result = connection.execute(table.insert().values(constants).returning(table.c.id), varying)
+                ids.extend(sorted(row[0] for row in result))
+                continue
             result = connection.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True), chunk)
             ids.extend(row[0] for row in result)
         return ids

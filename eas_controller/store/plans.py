@@ -19,6 +19,7 @@ from eas_controller import states, uris
 from eas_controller.chains import ChainError, Plan
 from eas_controller.database.dialects import insert_rows_returning_ids
 from eas_controller.database.engine import chunks
+from eas_controller.database.many_rows import insert_rows
 from eas_controller.database.schema import jobs, products, task_dependencies, task_types, tasks
 from eas_controller.store import limits as limit_store
 
@@ -178,7 +179,7 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
                 )
             )
     for chunk in chunks(dependency_rows):
-        connection.execute(task_dependencies.insert(), chunk)
+        insert_rows(connection, task_dependencies, chunk)
 
     product_rows = [
         dict(task_id=ids[node.index], semantic_type=semantic, relative_path=path, state="planned")
@@ -186,5 +187,5 @@ def write_plan(connection: Connection, plan: Plan, job_id: int, max_attempts: di
         for semantic, path in node.outputs.items()
     ]
     for chunk in chunks(product_rows):
-        connection.execute(products.insert(), chunk)
+        insert_rows(connection, products, chunk)
     return ids

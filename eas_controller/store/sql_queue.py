@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from eas_controller import states
 from eas_controller.database.dialects import notify_queued
 from eas_controller.database.engine import chunks
+from eas_controller.database.many_rows import insert_rows
 from eas_controller.database.schema import attempts, sql_queue, tasks
 from eas_controller.store import limits as limit_store
 
@@ -28,7 +29,7 @@ def insert(connection: Connection, entries: list[dict]) -> None:
         return
     notify_queued(connection)
     now = time.time()
-    connection.execute(sql_queue.insert(), [
+    insert_rows(connection, sql_queue, [
         dict(attempt_id=e["attempt_id"], task_type=e["task_type"], rank=-int(e.get("priority", 0)), enqueued_at=now,
              limit_key=e.get("limit_key"))
         for e in entries])
