@@ -57,7 +57,7 @@ def run_end_to_end(services: Services, quick: bool) -> list[Result]:
 
 
 #: The most attempts a worker claims at once by default (``worker --prefetch``): the batch size it really uses.
-WORKER_BATCH = 50
+WORKER_BATCH = 100
 
 
 def run_ours(services: Services, quick: bool) -> list[Result]:

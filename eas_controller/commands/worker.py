@@ -43,9 +43,9 @@ def build_parser():
                              "--poll-interval up to this (default: setting idle_poll_max_s / "
                              "EAS_IDLE_POLL_MAX_SECONDS, 15; PostgreSQL wakes the worker at once when work is queued)")
     parser.add_argument("--keep-scratch", action="store_true", help="keep each attempt's scratch folder")
-    parser.add_argument("--prefetch", type=int, default=50,
+    parser.add_argument("--prefetch", type=int, default=100,
                         help="for task types whose recent attempts took under 0.25 s: attempts claimed ahead per slot, "
-                             "so short tasks run back to back and are claimed and recorded in groups (default 50; "
+                             "so short tasks run back to back and are claimed and recorded in groups (default 100; "
                              "0: claim only for free slots)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     cli.add_metrics_arguments(parser)

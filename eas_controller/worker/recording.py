@@ -21,7 +21,7 @@ MAX_GROUP = 100
 #: While attempts claimed ahead wait for a slot, the recorder waits this long before taking what finished, so
 #: that one transaction records many short tasks (fewer statements and commits per task, on both sides).
 #: A lone task, or the last of a batch, is recorded at once.
-GROUP_LINGER_S = 0.025
+GROUP_LINGER_S = 0.05
 
 
 class RecordingMixin:

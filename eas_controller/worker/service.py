@@ -70,7 +70,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, IdleWait
     def __init__(self, settings: Settings, engine: Engine, queue: Queue, name: str | None = None, concurrency: int = 1,
                  task_types: list[str] | None = None, cpus: float | None = None, gpus: int | None = None,
                  memory_gb: float | None = None, burst: bool = False, nice: int = 0, grace_period: float = 30.0,
-                 poll_interval: float = 1.0, keep_scratch: bool = False, prefetch: int = 50):
+                 poll_interval: float = 1.0, keep_scratch: bool = False, prefetch: int = 100):
         import psutil
 
         super().__init__(idle_min=0.01, idle_max=poll_interval, failure_min=1.0, failure_max=30.0)
