@@ -11,6 +11,7 @@ output (no end markers: they cost two writes, two reads and a wake-up or two per
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import socket
@@ -28,6 +29,8 @@ MAX_TASKS_PER_CHILD = 10_000
 DRAIN_LIMIT_BYTES = 1 << 22
 _BOOT = "import sys; sys.path.insert(0, %r); from eas_controller.worker.child import main; main()"
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+log = logging.getLogger("eas.worker")
 
 
 class ChildDied(Exception):
@@ -71,6 +74,17 @@ class PythonChild:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def start_ahead(self) -> None:
+        """Start the child now, while the slot is idle, so that the first task does not wait for an
+        interpreter to start; a child that cannot start is started again at the first task."""
+        if self.alive():
+            return
+        try:
+            self._start()
+        except OSError as error:
+            log.warning("could not start a task child ahead: %s", error)
+            self.close()
 
     def close(self) -> None:
         """Ask the child to exit (kill it if it does not) and release its pipes."""

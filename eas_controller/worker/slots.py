@@ -24,6 +24,8 @@ class SlotsMixin:
         child = PythonChild(self.nice)
         following = None  # the next attempt, taken from the backlog by this slot itself
         try:
+            if any(task_type.kind == "python" for task_type in self.types.values()):
+                child.start_ahead()
             while True:
                 running = following or self.work.get()
                 if running is None:
