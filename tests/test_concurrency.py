@@ -60,10 +60,11 @@ def test_four_workers_drain_a_large_loop_exactly_once(eas_any, tmp_path):
         claims[row.worker_name] += 1
         assert row.worker_id == worker_ids[row.worker_name]
         assert row.queued_at <= row.started_at <= row.ended_at
-    # the claims are shared: on MariaDB and PostgreSQL every worker takes part; SQLite serialises its writers and
-    # 300 null tasks drain in about a second, so a worker that starts last may find the queue already empty
-    sharing = WORKERS if eas.backend != "sqlite" else 2
-    assert sum(1 for count in claims.values() if count > 0) >= sharing, claims
+    # the claims are shared: on MariaDB and PostgreSQL every worker takes part. SQLite serialises its writers
+    # and 300 null tasks drain in about a second, within what the first worker claims ahead (up to 100 per
+    # slot at a time), so the workers that start after it may find the queue already empty
+    if eas.backend != "sqlite":
+        assert all(count > 0 for count in claims.values()), claims
     span = max(row.ended_at for row in attempt_rows) - min(row.started_at for row in attempt_rows)
     print("\n%s: %d tasks on %d workers in %.1f s (%.0f tasks/s while running; claims per worker %s)" % (
         eas.backend, count, WORKERS, elapsed, count / span, claims))
