@@ -49,18 +49,23 @@ class MemorySampler(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        self.sample()  # at once, and again at the end: a short run may be over before the first interval
+        while not self.halt.wait(self.interval):
+            self.sample()
+        self.sample()
+
+    def sample(self) -> None:
         import psutil
 
-        while not self.halt.wait(self.interval):
-            for label, pid in self.pids.items():
-                try:
-                    process = psutil.Process(pid)
-                    own = process.memory_info().rss
-                    children = sum(child.memory_info().rss for child in process.children(recursive=True))
-                except psutil.Error:
-                    continue
-                self.peaks[label] = max(self.peaks.get(label, 0.0), own / 2**20)
-                self.peaks[label + " children"] = max(self.peaks.get(label + " children", 0.0), children / 2**20)
+        for label, pid in self.pids.items():
+            try:
+                process = psutil.Process(pid)
+                own = process.memory_info().rss
+                children = sum(child.memory_info().rss for child in process.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.peaks[label] = max(self.peaks.get(label, 0.0), own / 2**20)
+            self.peaks[label + " children"] = max(self.peaks.get(label + " children", 0.0), children / 2**20)
 
     def stop(self) -> dict[str, float]:
         self.halt.set()
