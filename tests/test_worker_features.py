@@ -314,6 +314,29 @@ def test_short_tasks_are_claimed_ahead_in_batches_and_each_runs_once(cluster_fac
 
 
 @pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
+def test_short_python_tasks_run_in_batches_each_its_own_attempt_with_its_own_output(cluster_factory, backend):
+    cluster = cluster_factory(backend)
+    cluster.submit([{"task": "fault_chatty", "name": "c%d" % i, "lines": 1, "pause": 0} for i in range(200)])
+    cluster.schedule_once()
+    worker = cluster.worker("--concurrency", "1")
+    wait_for(cluster.worker_tasks_finished, 120, "200 short tasks to finish")
+    assert cluster.stop(worker) == 0
+    import re
+
+    batched, batches = map(int, re.search(r"(\d+) attempt\(s\) run in (\d+) batch\(es\)", cluster.log(worker)).groups())
+    assert batched >= 100 and batches < batched, (batched, batches)  # once the type is known short
+    attempts = cluster.rows("SELECT id, task_id, state, started_at, wall_s FROM eas_attempts ORDER BY started_at")
+    assert len(attempts) == 200 and {row.state for row in attempts} == {"succeeded"}
+    assert len({row.task_id for row in attempts}) == 200
+    # one slot: each attempt started once the one before it had run, and has its own lines, and only its own
+    for before, after in zip(attempts, attempts[1:]):
+        assert before.started_at + before.wall_s <= after.started_at + 1e-3, (before, after)
+    for row in attempts:
+        messages = [line.message for line in cluster.log_lines(row.id) if line.stream in ("stdout", "stderr")]
+        assert sorted(messages) == ["err line 0", "out line 0"], (row.id, messages)
+
+
+@pytest.mark.parametrize("backend", SQL_QUEUE_BACKENDS)
 def test_long_tasks_are_never_claimed_ahead(cluster_factory, backend):
     cluster = cluster_factory(backend)
     cluster.submit([{"task": "sleep", "name": "s%d" % i, "seconds": 1.5} for i in range(3)])

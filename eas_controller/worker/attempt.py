@@ -19,6 +19,7 @@ class RunningAttempt:
     lost: str | None = None  # why ownership was lost ("cancelled", "stalled"...), once it was
     recording: bool = False  # the completion transaction has started
     started_at: float | None = None  # when a slot took it (prefetched attempts wait in the backlog first)
+    alone: bool = False  # never in a batch again: one it was in failed unexpectedly
 
     @property
     def attempt_id(self) -> int:

@@ -3,7 +3,9 @@
 Started by the worker as ``python -c ... <socket fd>``; it imports nothing heavy itself, receives the
 worker's ``sys.path`` first, then one request at a time. Its stdout and stderr are pipes the worker reads
 line by line; everything the child writes is in them before its reply is sent, so the worker reads what is
-left in the pipes after the reply and every line is attributed to the right attempt.
+left in the pipes after the reply and every line is attributed to the right attempt. A batch of short tasks
+is one request with a reply per task; an end mark written to both pipes after each task separates their
+output.
 
 A task whose scratch folder was deferred (see :func:`execution.prepare`) gets it here on the first touch:
 ``ctx.work_dir``, reading ``EAS_WORK_DIR``, ``EAS_TASK_DESCRIPTION``, ``EAS_METADATA_IN`` or
@@ -22,6 +24,8 @@ import time
 import traceback
 
 
+#: Written to stdout and stderr after each task of a batch: what a pipe held before it is that task's output.
+END_MARK = b"\x1e\x1fEAS-END-OF-TASK\x1f\x1e\n"
 #: ``os.environ`` keys whose value is a path in the scratch folder: reading one makes the folder.
 _SCRATCH_VARIABLES = frozenset(("EAS_WORK_DIR", "EAS_TASK_DESCRIPTION", "EAS_METADATA_IN", "EAS_METADATA_OUT"))
 #: Audit events with a path first: a relative one, or one in the folder, makes it.
@@ -109,12 +113,30 @@ def main() -> None:
             return
         if request is None:
             return
+        if request["kind"] == "batch":
+            _run_batch(request["requests"], functions, connection)
+            continue
         if request["kind"] == "qc":
             reply = _check_products(request, functions)
         else:
             reply = _run_task(request, functions)
         sys.stdout.flush()  # into the pipes before the reply: the worker reads them once it has the reply
         sys.stderr.flush()
+        connection.send(reply)
+
+
+def _run_batch(requests: list, functions: dict, connection) -> None:
+    """Short tasks back to back, a reply after each; after each task an end mark in stdout and stderr
+    tells the worker where that task's output ends (its reply may be read while the next one prints)."""
+    for request in requests:
+        reply = _run_task(request, functions)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd in (1, 2):
+            try:
+                os.write(fd, END_MARK)
+            except OSError:  # the task closed it: the worker sees the pipe end instead
+                pass
         connection.send(reply)
 
 
@@ -182,7 +204,7 @@ def _run_task(request: dict, functions: dict) -> dict:
     own = (usage_after[0].ru_utime + usage_after[0].ru_stime) - (usage_before[0].ru_utime + usage_before[0].ru_stime)
     children = (usage_after[1].ru_utime + usage_after[1].ru_stime) - (usage_before[1].ru_utime + usage_before[1].ru_stime)
     return dict(
-        error=error, wall_s=time.time() - started, cpu_s=own, cpu_children_s=own + children,
+        error=error, started_at=started, wall_s=time.time() - started, cpu_s=own, cpu_children_s=own + children,
         metadata=context.output_metadata if context and error is None else {},
         log_lines=context.log_lines if context else [],
     )

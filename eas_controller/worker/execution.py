@@ -53,6 +53,7 @@ class Outcome:
     timed_out: bool = False
     stopped: bool = False  # stopped by the worker (shutdown, cancellation, lost ownership)
     failed_qc: bool = False
+    started_at: float | None = None  # when the implementation started, where the child says (a batch)
 
 
 @dataclasses.dataclass
@@ -109,6 +110,17 @@ def write_files(files: dict) -> None:
     for path, text in files.items():
         with open(path, "w") as handle:
             handle.write(text)
+
+
+def batchable(claim: dict, task_type: TaskType) -> bool:
+    """Whether an attempt can run in a batch of short ``python:`` tasks: nothing to set up before it starts
+    (no declared outputs, URI inputs or shared files), so its folder is deferred (see :func:`prepare`)."""
+    if task_type.kind != "python" or task_type.files:
+        return False
+    description = claim["description"]
+    own = description.get("resources")
+    return (not description.get("outputs") and not (isinstance(own, dict) and own.get("files"))
+            and not any(uris.is_uri(uri) for uri in (description.get("inputs") or {}).values()))
 
 
 def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] | None = None,

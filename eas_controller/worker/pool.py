@@ -18,13 +18,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
+from eas_controller.worker.child import END_MARK
 from eas_controller.worker.execution import KILL_GRACE_S, Outcome, PreparedAttempt, child_setup, kill_tree
 from eas_controller.worker.logs import LogBuffer, PipeLines, read_available
 
 #: A fresh child costs ~65 ms of CPU (interpreter, imports): every 10,000 tasks that is ~0.007 ms a task.
 MAX_TASKS_PER_CHILD = 10_000
+#: In a batch, how long a task's end marks may follow its reply (a descendant of the task can hold the pipes).
+MARK_WAIT_S = 1.0
 #: After the reply, at most this much is read from each pipe (a descendant of the task may still be writing).
 DRAIN_LIMIT_BYTES = 1 << 22
 _BOOT = "import sys; sys.path.insert(0, %r); from eas_controller.worker.child import main; main()"
@@ -195,16 +199,111 @@ class PythonChild:
 
     def run(self, prepared: PreparedAttempt, metadata_in: dict, stop_event=None) -> Outcome:
         """Run a ``python:`` implementation; output goes to ``prepared.logs`` as it is printed."""
-        request = dict(
-            kind="run", target=prepared.task_type.target, environment=prepared.environment, work_dir=prepared.work_dir,
-            description=prepared.description, inputs=prepared.inputs, outputs=prepared.outputs, metadata_in=metadata_in,
-            deferred_files=prepared.deferred_files, resources=prepared.resources,
-        )
         started = time.time()
         timeout = prepared.task_type.timeout_s
-        status, reply = self._call(request, prepared.logs, timeout, stop_event)
+        status, reply = self._call(_run_request(prepared, metadata_in), prepared.logs, timeout, stop_event)
         self.tasks_run += 1
-        wall = time.time() - started
+        return self._outcome(status, reply, prepared, time.time() - started)
+
+    def run_batch(self, batch: list) -> Iterator[tuple[int, Outcome]]:
+        """Run short ``python:`` tasks as one request, back to back in the child; yield (index, Outcome) in
+        order as each finishes, with its output (up to the child's end mark) in its own log. One round trip
+        for the batch: the child goes on to the next task while the worker records the last.
+
+        ``batch``: (prepared attempt, metadata_in, stop event) per task. A timeout, a stop or a crash ends
+        the batch: that task's outcome is the last one yielded, and the tasks after it never started."""
+        if not self.alive() or self.tasks_run + len(batch) > MAX_TASKS_PER_CHILD:
+            self.close()
+            self._start()
+        self.requests += 1
+        sent = time.time()
+        try:
+            self.connection.send(dict(kind="batch", requests=[_run_request(prepared, metadata_in)
+                                                              for prepared, metadata_in, _stop in batch]))
+        except OSError:
+            self.close()
+            yield 0, self._outcome("died", None, batch[0][0], 0.0)
+            return
+        marks = {fd: _MarkedPipe() for fd in self.pipes}  # which task each pipe's bytes belong to now
+
+        def sink_of(index: int) -> LogBuffer:  # bytes after the last mark: a descendant of the last task
+            return batch[min(index, len(batch) - 1)][0].logs
+
+        replies: list = []  # (reply, when it was read)
+        current, begun = 0, sent  # the first task without an outcome, and when it began at the earliest
+        while current < len(batch):
+            if len(replies) > current:
+                reply, read_at = replies[current]
+                # its end marks are in the pipes before its reply: only a descendant holding them open and a
+                # full pipe can delay them, and then not for longer than MARK_WAIT_S
+                if all(mark.index > current for mark in marks.values()) or time.time() - read_at > MARK_WAIT_S:
+                    self.tasks_run += 1
+                    yield current, self._outcome("ok", reply, batch[current][0], reply["wall_s"])
+                    begun = reply["started_at"] + reply["wall_s"]
+                    current += 1
+                    continue
+            prepared, _metadata_in, stop_event = batch[current]
+            timeout = prepared.task_type.timeout_s
+            deadline = begun + timeout if timeout else None
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.time()))
+            if len(replies) > current:
+                wait = min(wait, MARK_WAIT_S)
+            died = False
+            for key, _mask in self.selector.select(wait):
+                if key.data == "reply":
+                    try:
+                        replies.append((self.connection.recv(), time.time()))
+                        while self.connection.poll():
+                            replies.append((self.connection.recv(), time.time()))
+                    except (EOFError, OSError):
+                        died = True
+                    continue
+                data = read_available(key.fd)
+                if data is not None and key.fd in marks:
+                    self._feed_marked(key.fd, data, marks, sink_of)
+            if len(replies) > current and not died:
+                continue
+            if died or self.process.poll() is not None:
+                for fd in list(marks):  # the rest of the output: the last task's traceback, a segfault message
+                    while fd in marks and (data := read_available(fd)):
+                        self._feed_marked(fd, data, marks, sink_of)
+                self._kill() if died else self.close()
+                for index in range(current, len(replies)):  # finished before the child died
+                    self.tasks_run += 1
+                    reply = replies[index][0]
+                    yield index, self._outcome("ok", reply, batch[index][0], reply["wall_s"])
+                if len(replies) < len(batch):
+                    yield len(replies), self._outcome("died", None, batch[len(replies)][0], time.time() - begun)
+                return
+            if deadline and time.time() >= deadline:
+                self._kill()
+                yield current, self._outcome("timeout", None, prepared, time.time() - begun)
+                return
+            if stop_event is not None and stop_event.is_set():
+                self._kill()
+                yield current, self._outcome("stopped", None, prepared, time.time() - begun)
+                return
+
+    def _feed_marked(self, fd: int, data: bytes, marks: dict, sink_of) -> None:
+        """Bytes of one pipe during a batch, split at the end marks; b"" (the pipe closed) ends its marks."""
+        lines = self.pipes.get(fd)
+        if lines is None:
+            marks.pop(fd, None)
+            return
+        mark = marks[fd]
+        if data:
+            mark.feed(data, lines, sink_of)
+            return
+        if mark.held:
+            lines.feed(mark.held, sink_of(mark.index))
+        lines.finish(sink_of(mark.index))
+        marks.pop(fd)
+        self.pipes.pop(fd)
+        if self.selector is not None:
+            self.selector.unregister(fd)
+
+    def _outcome(self, status: str, reply: dict | None, prepared: PreparedAttempt, wall: float) -> Outcome:
+        timeout = prepared.task_type.timeout_s
         if status == "timeout":
             return Outcome(succeeded=False, error_text="timed out after %g s" % timeout, wall_s=wall, timed_out=True)
         if status == "stopped":
@@ -217,7 +316,7 @@ class PythonChild:
         return Outcome(
             succeeded=reply["error"] is None, exit_status=0 if reply["error"] is None else 1,
             error_text=reply["error"], wall_s=reply["wall_s"], cpu_s=reply["cpu_s"],
-            cpu_children_s=reply["cpu_children_s"], metadata=reply["metadata"],
+            cpu_children_s=reply["cpu_children_s"], metadata=reply["metadata"], started_at=reply.get("started_at"),
         )
 
     def check_products(self, target: str, paths: dict[str, str], sink: LogBuffer, timeout: float | None = None,
@@ -229,3 +328,34 @@ class PythonChild:
         reason = {"timeout": "QC check timed out after %g s" % (timeout or 0), "stopped": "QC check stopped",
                   "died": "the QC check's process died"}[status]
         return {semantic: (False, reason) for semantic in paths}
+
+
+def _run_request(prepared: PreparedAttempt, metadata_in: dict) -> dict:
+    return dict(
+        kind="run", target=prepared.task_type.target, environment=prepared.environment, work_dir=prepared.work_dir,
+        description=prepared.description, inputs=prepared.inputs, outputs=prepared.outputs, metadata_in=metadata_in,
+        deferred_files=prepared.deferred_files, resources=prepared.resources,
+    )
+
+
+class _MarkedPipe:
+    """One pipe's bytes during a batch: ``index`` is the task they belong to now; an end mark moves it on.
+    A mark cut in two by a read is held back until the rest comes."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.held = b""
+
+    def feed(self, data: bytes, lines: PipeLines, sink_of) -> None:
+        data = self.held + data
+        while (at := data.find(END_MARK)) >= 0:
+            if at:
+                lines.feed(data[:at], sink_of(self.index))
+            lines.finish(sink_of(self.index))  # a last line without a newline is that task's too
+            self.index += 1
+            data = data[at + len(END_MARK):]
+        keep = next((size for size in range(min(len(data), len(END_MARK) - 1), 0, -1)
+                     if data.endswith(END_MARK[:size])), 0)
+        self.held = data[len(data) - keep:] if keep else b""
+        if len(data) > keep:
+            lines.feed(data[:len(data) - keep], sink_of(self.index))

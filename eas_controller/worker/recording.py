@@ -34,7 +34,7 @@ class RecordingMixin:
             if first is None:
                 return
             group, stop = [first], False
-            if self._more_results_coming():
+            if self._more_results_coming() and self.completions.qsize() < MAX_GROUP - 1:
                 time.sleep(GROUP_LINGER_S)  # short tasks follow: let a few more finish and share the transaction
             while len(group) < MAX_GROUP:
                 try:
@@ -57,7 +57,7 @@ class RecordingMixin:
 
     def _more_results_coming(self) -> bool:
         """Whether attempts claimed ahead are waiting for a slot: then more results follow within moments."""
-        return bool(self.backlog) and not self.stopping.is_set()
+        return bool(self.backlog or self.in_batches) and not self.stopping.is_set()
 
     def _record(self, group: list) -> None:
         """One fenced transaction for the whole group; if it fails for a reason retrying cannot mend (bad data),

@@ -95,10 +95,11 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, IdleWait
         self.prefetch = max(0, int(prefetch))
         self.backlog: collections.deque[RunningAttempt] = collections.deque()  # claimed, waiting for a slot
         self.backlog_lock = threading.Lock()  # the main thread and the slots both take from the backlog
+        self.in_batches = 0  # attempts slots took in batches that have no outcome yet (under backlog_lock)
         self.refill_at = 0  # a slot wakes the main thread to claim once the backlog is down to this
         self.durations: dict[str, float] = {}  # task type -> moving average of its attempts' slot time (s)
         # finished, waiting to be recorded; bounded, so that a SIGKILL loses at most this much finished work
-        self.completions: queue_module.Queue = queue_module.Queue(maxsize=MAX_GROUP + self.concurrency)
+        self.completions: queue_module.Queue = queue_module.Queue(maxsize=2 * MAX_GROUP + self.concurrency)
         self.trash: queue_module.Queue = queue_module.Queue()  # scratch folders to remove, off the busy threads
         self.lease_seconds = settings.lease_seconds
         self.transfer = Transfer.for_worker(settings, self.name)  # URIs: inputs, outputs, cached shared files
@@ -115,7 +116,8 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, IdleWait
         self.all_type_names: set[str] = set()
         self.types_loaded_at = 0.0
         self.counts = dict(succeeded=0, failed=0, lost=0, released=0)
-        self.transactions = dict(claims=0, claimed=0, recordings=0, recorded=0)  # for the closing log line
+        # for the closing log line
+        self.transactions = dict(claims=0, claimed=0, recordings=0, recorded=0, batches=0, batched=0)
         self._retry_logged_at = 0.0
         self._init_idle_wait()
 
@@ -262,6 +264,7 @@ class Worker(ClaimingMixin, SlotsMixin, RecordingMixin, HeartbeatMixin, IdleWait
             pass
         done = self.transactions
         log.info("worker %s stopped: %s; %d attempt(s) claimed in %d claim(s), %d result(s) recorded in %d "
-                 "transaction(s); woken %d time(s) by queue notifications", self.name,
-                 ", ".join("%d %s" % (v, k) for k, v in self.counts.items()),
-                 done["claimed"], done["claims"], done["recorded"], done["recordings"], self.notifications)
+                 "transaction(s); %d attempt(s) run in %d batch(es) of short tasks; woken %d time(s) by queue "
+                 "notifications", self.name, ", ".join("%d %s" % (v, k) for k, v in self.counts.items()),
+                 done["claimed"], done["claims"], done["recorded"], done["recordings"], done["batched"],
+                 done["batches"], self.notifications)

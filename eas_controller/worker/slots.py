@@ -1,5 +1,6 @@
 """Slots: one thread per slot runs attempts from the backlog in a child process, checks their outputs and
-hands the result to the recorder; a cleaner thread removes scratch folders off the busy threads."""
+hands the result to the recorder; a cleaner thread removes scratch folders off the busy threads. Short
+``python:`` attempts of one type go to the child several at a time (see :meth:`ClaimingMixin._take_followers`)."""
 
 from __future__ import annotations
 
@@ -30,20 +31,29 @@ class SlotsMixin:
                 running = following or self.work.get()
                 if running is None:
                     return
-                handed_over = False
                 try:
-                    handed_over = self._run_attempt(running, child)
-                except Exception:
-                    log.exception("attempt %d: unexpected error in the worker", running.attempt_id)
+                    followers = self._take_followers(running)
+                    if followers:
+                        self._run_batch([running] + followers, child)
+                    else:
+                        self._run_one(running, child)
                 finally:
                     self.capacity.give_back(running.task_type, running.gpu_ids)
-                    if not handed_over:
-                        self._forget(running)
                     following = self._take_from_backlog()
                     if following is None or len(self.backlog) <= self.refill_at:
                         self.finished.set()  # the main thread claims, or hands out what this slot could not take
         finally:
             child.close()
+
+    def _run_one(self, running: RunningAttempt, child: PythonChild) -> None:
+        handed_over = False
+        try:
+            handed_over = self._run_attempt(running, child)
+        except Exception:
+            log.exception("attempt %d: unexpected error in the worker", running.attempt_id)
+        finally:
+            if not handed_over:
+                self._forget(running)
 
     def _run_attempt(self, running: RunningAttempt, child: PythonChild) -> bool:
         """Run one attempt and check its outputs; True once its result is handed to the recorder."""
@@ -54,21 +64,65 @@ class SlotsMixin:
             prepared = prepare(claim, task_type, self.settings.data_dir, running.gpu_ids, logs)
             transfer.fetch_for_attempt(prepared, self.transfer)
             if task_type.kind == "python":
-                metadata_in = {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
-                outcome = child.run(prepared, metadata_in, running)
+                outcome = child.run(prepared, _metadata_in(claim), running)
             else:
                 outcome = run_command(prepared, self.nice, running)
         except transfer.TransferError as error:  # an input or shared file could not be fetched: the reason, no traceback
             outcome = Outcome(succeeded=False, error_text=str(error))
         except Exception:  # the worker could not start or watch the task: fail the attempt with the reason
             outcome = Outcome(succeeded=False, error_text="the worker could not run the task:\n" + traceback.format_exc())
+        return self._conclude(running, prepared, outcome, child)
+
+    def _run_batch(self, batch: list[RunningAttempt], child: PythonChild) -> None:
+        """Short ``python:`` attempts of one type in one request to the child (:meth:`PythonChild.run_batch`):
+        each still its own attempt, with its own start, timings, output and result. What a timeout, a stop
+        or a crash left unstarted goes back to the front of the backlog."""
+        try:
+            items = [(prepare(running.claim, running.task_type, self.settings.data_dir, running.gpu_ids, running.logs),
+                      _metadata_in(running.claim), running) for running in batch]
+        except Exception:  # one by one, each failing with its own reason
+            with self.backlog_lock:
+                self.in_batches -= len(batch)
+            for running in batch:
+                self._run_one(running, child)
+            return
+        concluded = 0
+        try:
+            for running in batch:
+                running.started_at = time.time()
+            for index, outcome in child.run_batch(items):
+                running, concluded = batch[index], index + 1
+                running.started_at = outcome.started_at or running.started_at
+                with self.backlog_lock:
+                    self.in_batches -= 1
+                handed_over = False
+                try:
+                    handed_over = self._conclude(running, items[index][0], outcome, child)
+                except Exception:
+                    log.exception("attempt %d: unexpected error in the worker", running.attempt_id)
+                if not handed_over:
+                    self._forget(running)
+        except Exception:
+            log.exception("a batch of %d attempts: unexpected error in the worker; the rest run one by one",
+                          len(batch))
+            for running in batch[concluded:]:
+                running.alone = True
+        finally:
+            self.transactions["batches"] += 1
+            self.transactions["batched"] += concluded
+            if concluded < len(batch):
+                self._return_to_backlog(batch[concluded:])
+
+    def _conclude(self, running: RunningAttempt, prepared, outcome: Outcome, child: PythonChild) -> bool:
+        """Check the outputs of a run and hand the result to the recorder; True once it is handed over."""
         if running.lost:  # the heartbeat found it taken away and stopped it: nothing of this run is kept
             self._finished(running, prepared, outcome, completion.LOST)
             return False
         item = self._check(running, prepared, outcome, child)
         took = time.time() - running.started_at
-        previous = self.durations.get(task_type.name)
-        self.durations[task_type.name] = took if previous is None else 0.8 * previous + 0.2 * took
+        name = running.task_type.name
+        previous = self.durations.get(name)
+        self.durations[name] = took if previous is None else 0.8 * previous + 0.2 * took
         self.completions.put((running, item))
         return True
 
@@ -112,6 +166,10 @@ class SlotsMixin:
             if path is None:
                 return
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _metadata_in(claim: dict) -> dict:
+    return {"metadata": claim["metadata"], "requested_metadata": claim["requested_metadata"]}
 
 
 def _bare_prepared(running: RunningAttempt, data_dir: str) -> PreparedAttempt:
