@@ -12,10 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from eas_controller.database.engine import IN_LIST_SIZE, chunks
+from eas_controller.database.engine import IN_LIST_SIZE, MYSQL_FAMILY, chunks
 from eas_controller.database.many_rows import split_constants
-
-MYSQL_FAMILY = ("mysql", "mariadb")
 
 
 def family(bind: Connection | Engine) -> str:

@@ -23,6 +23,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from eas_controller.backoff import exponential_delay
 
+#: The dialect names of MySQL and MariaDB (SQLAlchemy names a ``mariadb+pymysql://`` URL's dialect
+#: ``mariadb``): one family, treated alike.
+MYSQL_FAMILY = ("mysql", "mariadb")
+
 T = TypeVar("T")
 
 
@@ -43,8 +47,8 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    if backend in ("mysql", "mariadb"):
-        if parsed.drivername in ("mysql", "mariadb"):
+    if backend in MYSQL_FAMILY:
+        if parsed.drivername in MYSQL_FAMILY:
             parsed = parsed.set(drivername=backend + "+" + mysql_driver())
         query = dict(parsed.query)
         query.setdefault("charset", "utf8mb4")
@@ -202,7 +206,7 @@ def version_refusal(dialect_name: str, version) -> str | None:
     ``version`` is the text of ``SELECT VERSION()`` on MariaDB/MySQL, a tuple of numbers on PostgreSQL.
     A MySQL/MariaDB version that cannot be read is let through: the server knows better than our parser.
     """
-    if dialect_name in ("mysql", "mariadb"):
+    if dialect_name in MYSQL_FAMILY:
         text = str(version or "").strip()
         # Old MariaDB clients saw "5.5.5-10.x.y-MariaDB" (a replication-protocol prefix), not the real version.
         release = text[len("5.5.5-"):] if text.startswith("5.5.5-") and "mariadb" in text.lower() else text
@@ -223,7 +227,7 @@ def version_refusal(dialect_name: str, version) -> str | None:
 
 def check_server_version(engine: Engine) -> None:
     """Refuse servers that lack ``SELECT ... FOR UPDATE SKIP LOCKED``."""
-    if engine.dialect.name in ("mysql", "mariadb"):
+    if engine.dialect.name in MYSQL_FAMILY:
         with engine.connect() as connection:
             version = connection.exec_driver_sql("SELECT VERSION()").scalar()
     elif engine.dialect.name == "postgresql":

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from eas_controller.database.engine import MYSQL_FAMILY
+
 _MISSING = object()
 
 
@@ -22,7 +24,7 @@ def escapes_on_client(connection: Connection) -> bool:
     server with ``INSERT ... RETURNING`` (MariaDB; MySQL 8 has none): statements with literals in their
     VALUES are batched by SQLAlchemy only when they return something (the drivers' own ``executemany``
     sends such a statement once per row)."""
-    return (connection.dialect.name in ("mysql", "mariadb") and connection.dialect.insert_returning
+    return (connection.dialect.name in MYSQL_FAMILY and connection.dialect.insert_returning
             and hasattr(connection.connection.dbapi_connection, "literal"))
 
 

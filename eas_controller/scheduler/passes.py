@@ -113,14 +113,13 @@ class Scheduler:
             self.transaction(lambda connection: None)
         return time.time() - self.reachable_since >= self.lease_seconds
 
-    def promote_batch(self, connection: Connection, result: PassResult, limit: int | None = None) -> None:
-        """Lock a batch of (up to ``limit``, default the batch size) ready tasks and queue, expand or finish
-        each one."""
+    def promote_batch(self, connection: Connection, result: PassResult, limit: int) -> None:
+        """Lock a batch of (up to ``limit``) ready tasks and queue, expand or finish each one."""
         self.queue.discard()  # entries from an earlier try of this transaction that rolled back
         result.counted += readiness.count_control_progress(connection, self.batch_size)
         now = time.time()
         to_queue = []
-        for row in task_store.lock_ready(connection, now, limit or self.batch_size):
+        for row in task_store.lock_ready(connection, now, limit):
             if row.is_control:
                 self.advance_control_task(connection, row.id, result)
             elif row.needs_evaluation and not self.evaluate_late(connection, row.id, result):
