@@ -112,15 +112,31 @@ def write_files(files: dict) -> None:
             handle.write(text)
 
 
+def remote_inputs_of(description: dict) -> dict:
+    """The inputs given as URIs (semantic type -> URI): fetched into the attempt's folder before it starts."""
+    return {semantic: uri for semantic, uri in (description.get("inputs") or {}).items() if uris.is_uri(uri)}
+
+
+def defers_folder(task_type: TaskType, description: dict, remote_inputs: dict) -> bool:
+    """Whether the attempt's folder and files wait until the task uses them (see :func:`prepare`)."""
+    return task_type.kind == "python" and not description.get("outputs") and not remote_inputs
+
+
+def resource_files_of(task_type: TaskType, description: dict) -> dict:
+    """The shared files (``resources.files``) of an attempt: its type's, with the task's own entries winning."""
+    resource_files = dict(task_type.files)
+    own = description.get("resources")
+    if isinstance(own, dict) and isinstance(own.get("files"), dict):
+        resource_files.update(own["files"])
+    return resource_files
+
+
 def batchable(claim: dict, task_type: TaskType) -> bool:
     """Whether an attempt can run in a batch of short ``python:`` tasks: nothing to set up before it starts
-    (no declared outputs, URI inputs or shared files), so its folder is deferred (see :func:`prepare`)."""
-    if task_type.kind != "python" or task_type.files:
-        return False
+    (its folder is deferred, and it has no shared files to fetch)."""
     description = claim["description"]
-    own = description.get("resources")
-    return (not description.get("outputs") and not (isinstance(own, dict) and own.get("files"))
-            and not any(uris.is_uri(uri) for uri in (description.get("inputs") or {}).values()))
+    return (defers_folder(task_type, description, remote_inputs_of(description))
+            and not resource_files_of(task_type, description))
 
 
 def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] | None = None,
@@ -137,8 +153,8 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
     """
     work_dir = os.path.join(data_dir, "scratch", "attempt_%d" % claim["attempt_id"])
     description = claim["description"]
-    remote_inputs = {semantic: uri for semantic, uri in (description.get("inputs") or {}).items() if uris.is_uri(uri)}
-    deferred = task_type.kind == "python" and not description.get("outputs") and not remote_inputs
+    remote_inputs = remote_inputs_of(description)
+    deferred = defers_folder(task_type, description, remote_inputs)
     if not deferred:
         make_work_dir(work_dir)
     directory = claim["working_directory"] or ""
@@ -156,10 +172,7 @@ def prepare(claim: dict, task_type: TaskType, data_dir: str, gpu_ids: list[str] 
             final_outputs[semantic] = products.product_path(data_dir, relative)
         outputs[semantic] = products.staging_path(work_dir, semantic, relative)
         os.makedirs(os.path.dirname(outputs[semantic]), exist_ok=True)
-    resource_files = dict(task_type.files)
-    own = description.get("resources")
-    if isinstance(own, dict) and isinstance(own.get("files"), dict):
-        resource_files.update(own["files"])  # the task's own entries win over its type's
+    resource_files = resource_files_of(task_type, description)
     paths = {name: os.path.join(work_dir, name) for name in
              ("description.json", "metadata_in.json", "metadata_out.json")}
     files = {paths["description.json"]: json.dumps(description),

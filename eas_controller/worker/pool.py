@@ -267,7 +267,10 @@ class PythonChild:
                 for fd in list(marks):  # the rest of the output: the last task's traceback, a segfault message
                     while fd in marks and (data := read_available(fd)):
                         self._feed_marked(fd, data, marks, sink_of)
-                self._kill() if died else self.close()
+                if died:
+                    self._kill()
+                else:
+                    self.close()
                 for index in range(current, len(replies)):  # finished before the child died
                     self.tasks_run += 1
                     reply = replies[index][0]
